@@ -1,0 +1,150 @@
+"""Pydantic models for each section of a workflow spec (the YAML keys documented in the README)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base for every spec section: unknown keys are errors, values are immutable after load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(Section):
+    name: Literal["digits", "image_folder"] = "digits"
+    path: Path | None = Field(None, description="image_folder: a directory or .tar/.tar.gz in ImageFolder layout")
+    split: str | None = Field(None, description="image_folder: subfolder used for training/validation, e.g. 'train'")
+    subset: int | None = Field(None, gt=0, description="keep at most this many training images (stratified)")
+    val_split: float = Field(0.2, gt=0, lt=1, description="share of the training pool held out for validation")
+    image_size: int | None = Field(None, gt=0, description="resize images to this square size (default: native)")
+    cache_dir: Path = Field(Path(".nasflow/cache"), description="where decoded arrays are cached")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> "DatasetConfig":
+        if self.name == "image_folder" and self.path is None:
+            raise ValueError("dataset.path is required when dataset.name is 'image_folder'")
+        return self
+
+
+class StageConfig(Section):
+    channels: int = Field(gt=0)
+    layers: int = Field(gt=0, le=16)
+    stride: Literal[1, 2] = 1
+
+
+class SpaceConfig(Section):
+    type: Literal["layerwise"] = "layerwise"
+    stem_channels: int = Field(16, gt=0)
+    stem_stride: Literal[1, 2] = 1
+    stages: list[StageConfig] = Field(
+        default_factory=lambda: [
+            StageConfig(channels=16, layers=1, stride=1),
+            StageConfig(channels=24, layers=2, stride=2),
+            StageConfig(channels=32, layers=2, stride=2),
+        ],
+        min_length=1,
+    )
+    kernels: list[Literal[3, 5, 7]] = Field(default_factory=lambda: [3, 5], min_length=1)
+    expansions: list[float] = Field(default_factory=lambda: [1.0, 3.0, 6.0], min_length=1)
+    allow_skip: bool = Field(True, description="layers after the first of a stage may be skipped (identity)")
+    se_ratios: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="squeeze-excite choices")
+    head_channels: int = Field(64, gt=0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(4e-5, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    augment: bool = Field(False, description="random crop (pad 2) and horizontal flip")
+    seed: int = 0
+
+
+class PluginRef(Section):
+    """A plugin chosen by name plus the options its own model validates."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceConfig(PluginRef):
+    pass
+
+
+class ObjectivesConfig(Section):
+    """How accuracy and latency are combined into one search score."""
+
+    device: str | None = Field(None, description="device whose latency drives the search (default: first device)")
+    reward: Literal["mnasnet", "accuracy"] = "mnasnet"
+    target_ms: float | None = Field(None, gt=0, description="latency target T in ms (required for mnasnet)")
+    alpha: float = Field(-0.07, description="exponent w when LAT <= T (MnasNet soft: -0.07, hard: 0)")
+    beta: float = Field(-0.07, description="exponent w when LAT > T (MnasNet soft: -0.07, hard: -1)")
+    max_latency_ms: float | None = Field(None, gt=0, description="hard constraint: slower candidates score 0")
+
+    @model_validator(mode="after")
+    def _target_needed(self) -> "ObjectivesConfig":
+        if self.reward == "mnasnet" and self.target_ms is None:
+            raise ValueError("objectives.target_ms is required when objectives.reward is 'mnasnet'")
+        return self
+
+
+class ProfileConfig(Section):
+    enabled: bool = True
+
+
+class ProxyConfig(Section):
+    """Cheap training used to rank search candidates."""
+
+    epochs: int = Field(2, ge=1)
+    subset: float = Field(1.0, gt=0, le=1, description="share of the training split used")
+
+
+class SearchConfig(Section):
+    enabled: bool = True
+    strategy: str = "evolution"
+    budget: int = Field(20, ge=1, description="number of candidates evaluated")
+    batch_size: int = Field(4, ge=1, description="candidates proposed and evaluated together")
+    options: dict[str, Any] = Field(default_factory=dict)
+    proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+
+
+class TrainStageConfig(Section):
+    enabled: bool = True
+    top_k: int = Field(2, ge=1, description="best search candidates trained fully")
+    config: TrainConfig = Field(default_factory=TrainConfig)
+
+
+class MorphConfig(Section):
+    enabled: bool = True
+    compressor: str = "morphnet"
+    top_k: int = Field(1, ge=1, description="best trained candidates compressed")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeployConfig(Section):
+    enabled: bool = True
+    formats: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"], min_length=1)
+    out_dir: Path = Path("deploy")
+    opset: int = Field(17, ge=11)
+    atol: float = Field(1e-4, gt=0, description="max abs difference allowed between PyTorch and the artifact")
+    top_k: int = Field(1, ge=1)
+
+
+class RegistryConfig(Section):
+    path: Path = Path("registry.duckdb")
+
+
+class ExecutionConfig(Section):
+    runner: Literal["thread", "process", "dask", "ray"] = "thread"
+    workers: int = Field(2, ge=1)
+    seed: int = 0
+    work_dir: Path = Field(Path(".nasflow/runs"), description="checkpoints of trained candidates")
