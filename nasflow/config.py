@@ -120,6 +120,9 @@ class SearchConfig(Section):
 class TrainStageConfig(Section):
     enabled: bool = True
     top_k: int = Field(2, ge=1, description="best search candidates trained fully")
+    archs: list[str] = Field(
+        default_factory=list, description="architecture strings trained as well (with search off: instead)"
+    )
     config: TrainConfig = Field(default_factory=TrainConfig)
 
 

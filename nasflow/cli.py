@@ -1,0 +1,177 @@
+"""The `nasflow` command: a thin layer that turns library calls into output and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+from .errors import NasflowError, RunInterrupted
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def _default_registry() -> str:
+    return os.environ.get("NASFLOW_REGISTRY", "registry.duckdb")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .spec import load_spec
+
+    loaded = load_spec(args.spec)
+    spec = loaded.spec
+    stages = [s for s in ("profile", "search", "train", "morph", "deploy") if getattr(spec, s).enabled]
+    print(f"{args.spec}: valid (run id {spec.run_id()}; stages: {', '.join(stages) or 'none'})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .console import RichReporter, arch_legend, front_table
+    from .progress import using_reporter
+    from .spec import load_spec
+
+    loaded = load_spec(args.spec)
+    from .flows.pipeline import run_spec  # imports Prefect: only once the spec is known to be good
+
+    console = _console()
+    console.print(f"[bold]nasflow {__version__}[/] running [cyan]{loaded.spec.name}[/] (run {loaded.spec.run_id()})")
+    with RichReporter(console) as rep, using_reporter(rep):
+        summary = run_spec(loaded)
+    if summary.resumed:
+        console.print("resumed: finished work was reused from the registry")
+    counts = ", ".join(f"{stage} {n}" for stage, n in summary.counts.items())
+    console.print(f"candidates in the registry for this run: {counts}")
+    console.print(front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))
+    console.print(arch_legend(summary.front), soft_wrap=True, highlight=False)
+    for artifact in summary.artifacts:
+        status = "verified" if artifact["verified"] else "NOT verified"
+        console.print(
+            f"deployed {artifact['format']}: {artifact['path']} ({status}, max |err| {artifact['max_abs_err']:.2e}, "
+            f"sha256 {artifact['sha256'][:12]}...)",
+            soft_wrap=True,
+        )
+    console.print(f"registry: {summary.registry_path}  (try: nasflow sql \"SELECT stage, count(*) FROM candidates GROUP BY stage\")", soft_wrap=True)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    from .registry import format_csv, format_json, format_table, open_readonly
+
+    registry = open_readonly(args.registry)
+    columns, rows = registry.query(args.query)
+    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
+    sys.stdout.write(formatter(columns, rows).rstrip("\n") + "\n")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_plugins
+    from .registry import format_table
+
+    plugins = get_plugins()
+    rows = [(p.kind, p.name, p.package, p.version, p.description) for p in plugins.list()]
+    print(format_table(["kind", "name", "package", "version", "description"], rows))
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .plugins import get_plugins
+    from .registry import format_table
+
+    rows = []
+    for info in get_plugins().list("device"):
+        reason = info.cls.unavailable_reason()
+        rows.append((info.name, "yes" if reason is None else "no", reason or "", info.package))
+    print(format_table(["device", "usable", "why not", "package"], rows))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .console import arch_legend, front_table
+    from .flows.pipeline import candidate_table
+    from .objectives import pareto_front
+    from .registry import open_readonly
+    from .spec import parse_spec
+
+    registry = open_readonly(args.registry)
+    run = registry.get_run(args.run_id)
+    if run is None:
+        _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
+        known = ", ".join(r[0] for r in rows) or "none"
+        raise NasflowError(f"no run {args.run_id!r} in {args.registry}; runs: {known}")
+    spec = parse_spec(run["spec_yaml"], f"<spec of {args.run_id}>", check_plugins=False)
+    devices = [d.name for d in spec.devices]
+    table = candidate_table(registry, args.run_id, spec.objective_device, devices)
+    rows = table if args.all else pareto_front(table)
+    title = f"run {args.run_id} ({run['status']}): {'all candidates' if args.all else 'Pareto front'}"
+    console = _console()
+    console.print(front_table(rows, devices, spec.objective_device, title))
+    console.print(arch_legend(rows), soft_wrap=True, highlight=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
+    parser.add_argument("--version", action="version", version=f"nasflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run (or resume) a workflow spec")
+    p.add_argument("spec", type=Path)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="validate a workflow spec without running it")
+    p.add_argument("spec", type=Path)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("sql", help="run a read-only SQL query against the results registry")
+    p.add_argument("query")
+    p.add_argument("--registry", default=_default_registry(), help="registry file (default: $NASFLOW_REGISTRY or ./registry.duckdb)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.set_defaults(func=cmd_sql)
+
+    p = sub.add_parser("plugins", help="list search strategies, devices and compressors")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("devices", help="which device backends are usable here, and why not")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")
+    p.add_argument("run_id")
+    p.add_argument("--registry", default=_default_registry())
+    p.add_argument("--all", action="store_true", help="every candidate, not only the Pareto front")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.showwarning = _show_warning
+    try:
+        return args.func(args)
+    except RunInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except NasflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Candidate work shared by the stages: training tasks (fanned out) and device measurement (serial)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ..config import DatasetConfig, TrainConfig
+from ..data import load_dataset
+from ..errors import NasflowError
+from ..plugin_api import DeviceBackend, Measurement
+from ..plugins import get_plugins
+from ..space import Arch, build_model, count_macs, count_params, parse_arch
+
+
+def threads_per_task(workers: int) -> int:
+    """Intra-op threads for one training task so that `workers` concurrent tasks share the cores."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the registry's `error` column: our own errors as they are, others with their type."""
+    if isinstance(exc, NasflowError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def model_for(arch: Arch, dataset_cfg: DatasetConfig) -> torch.nn.Module:
+    data = load_dataset(dataset_cfg)
+    return build_model(arch, data.in_channels, data.num_classes)
+
+
+def arch_costs(arch: Arch, dataset_cfg: DatasetConfig) -> dict[str, int]:
+    data = load_dataset(dataset_cfg)
+    model = build_model(arch, data.in_channels, data.num_classes)
+    return {
+        "params": count_params(model),
+        "macs": count_macs(arch, data.in_channels, data.num_classes, data.image_size),
+    }
+
+
+@task(name="train-candidate", cache_policy=NO_CACHE, persist_result=False)
+def train_candidate(
+    arch: str,
+    dataset_cfg: DatasetConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    subset: float,
+    threads: int,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Train one architecture (proxy or full) and return its validation metrics; never raises."""
+    from ..train import train_model
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    try:
+        data = load_dataset(dataset_cfg)
+        model = build_model(parse_arch(arch), data.in_channels, data.num_classes)
+        result = train_model(model, data, train_cfg, epochs=epochs, subset=subset)
+        if checkpoint:
+            Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), checkpoint)
+    except Exception as exc:  # one bad candidate must not stop the search
+        return {"arch": arch, "error": describe_error(exc), "train_seconds": time.perf_counter() - start}
+    return {
+        "arch": arch,
+        "error": None,
+        "accuracy": result.val_accuracy,
+        "val_loss": result.val_loss,
+        "train_epochs": result.epochs,
+        "train_seconds": result.seconds,
+    }
+
+
+def make_devices(device_cfgs) -> dict[str, DeviceBackend]:
+    plugins = get_plugins()
+    return {cfg.name: plugins.create("device", cfg.name, cfg.options) for cfg in device_cfgs}
+
+
+def measure_everywhere(
+    devices: dict[str, DeviceBackend], model: torch.nn.Module, input_shape: tuple[int, ...]
+) -> tuple[list[Measurement], str | None]:
+    """Time `model` on every device, one after another, so no two timings share the cores.
+
+    Returns the measurements taken and the first failure (device name and reason), if any.
+    """
+    measurements = []
+    for name, device in devices.items():
+        try:
+            measurements.append(device.measure_model(model, input_shape))
+        except Exception as exc:
+            return measurements, f"{name}: {describe_error(exc)}"
+    return measurements, None
+
+
+def latency_on(measurements: list[Measurement], device: str) -> float | None:
+    for m in measurements:
+        if m.device == device:
+            return m.stats.median_ms
+    return None

@@ -1,0 +1,123 @@
+"""The pipeline flow: profile -> search -> train -> morph -> deploy, each stage switchable in the spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from prefect import flow
+
+from .. import __version__
+from ..errors import NasflowError, RunInterrupted
+from ..objectives import pareto_front
+from ..registry import Registry
+from ..spec import LoadedSpec
+from .context import RunContext
+from .deploy import deploy_stage
+from .evaluate import threads_per_task
+from .morph import morph_stage
+from .profile import profile_stage
+from .runners import make_task_runner
+from .search import search_stage
+from .train import train_stage
+
+STAGES = ("profile", "search", "train", "morph", "deploy")
+
+
+@flow(name="nasflow-run", persist_result=False, validate_parameters=False)
+def pipeline_flow(ctx: RunContext) -> dict[str, Any]:
+    """Run every enabled stage in order; stages exchange data only through the registry."""
+    spec = ctx.spec
+    # Work done in this process (compression, reloads) shares the cores with the workers.
+    torch.set_num_threads(threads_per_task(spec.execution.workers))
+    results: dict[str, Any] = {}
+    if spec.profile.enabled:
+        results["profile"] = profile_stage(ctx)
+    if spec.search.enabled:
+        results["search"] = search_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
+    if spec.train.enabled:
+        results["train"] = train_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
+    if spec.morph.enabled:
+        results["morph"] = morph_stage(ctx)
+    if spec.deploy.enabled:
+        results["deploy"] = deploy_stage(ctx)
+    return results
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    resumed: bool
+    stages: dict[str, Any]
+    objective_device: str
+    devices: list[str]
+    front: list[dict[str, Any]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    registry_path: str = ""
+
+
+def run_spec(loaded: LoadedSpec) -> RunSummary:
+    """Run (or resume) the workflow of a validated spec and summarise it from the registry."""
+    spec = loaded.spec
+    ctx = RunContext(spec.run_id(), spec)
+    registry = Registry(spec.registry.path)  # refuses a non-DuckDB file before any work is done
+    resumed = registry.start_run(
+        ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
+    )
+    try:
+        stages = pipeline_flow(ctx)
+    except KeyboardInterrupt:
+        registry.finish_run(ctx.run_id, "interrupted", "interrupted by the user")
+        raise RunInterrupted(
+            f"run {ctx.run_id} interrupted; everything recorded so far is kept in {spec.registry.path}. "
+            "Run the same spec again to resume."
+        ) from None
+    except BaseException as exc:
+        registry.finish_run(ctx.run_id, "failed", str(exc))
+        raise
+    registry.finish_run(ctx.run_id, "finished")
+    return summarize(registry, ctx, stages, resumed)
+
+
+def candidate_table(registry: Registry, run_id: str, objective_device: str, devices: list[str]) -> list[dict]:
+    """One row per successful candidate of a run with its latency on each device (live model, not artifacts)."""
+    rows = []
+    for stage in ("search", "train", "morph"):
+        rows += [r for r in registry.get_candidates(run_id, stage=stage) if r["status"] == "ok"]
+    measurements = registry.get_measurements([r["candidate_id"] for r in rows]) if rows else []
+    by_candidate: dict[str, dict[str, dict]] = {}
+    for m in measurements:
+        if m["artifact_id"] is None:
+            by_candidate.setdefault(m["candidate_id"], {})[m["device"]] = m
+    for row in rows:
+        per_device = by_candidate.get(row["candidate_id"], {})
+        row["latency"] = {d: per_device[d] for d in devices if d in per_device}
+        objective = per_device.get(objective_device)
+        row["latency_ms"] = objective["median_ms"] if objective else None
+        row["latency_source"] = objective["source"] if objective else None
+    return rows
+
+
+def summarize(registry: Registry, ctx: RunContext, stages: dict[str, Any], resumed: bool) -> RunSummary:
+    spec = ctx.spec
+    devices = [d.name for d in spec.devices]
+    table = candidate_table(registry, ctx.run_id, spec.objective_device, devices)
+    counts: dict[str, int] = {}
+    for stage in ("search", "train", "morph"):
+        counts[stage] = len(registry.get_candidates(ctx.run_id, stage=stage))
+    return RunSummary(
+        run_id=ctx.run_id,
+        resumed=resumed,
+        stages=stages,
+        objective_device=spec.objective_device,
+        devices=devices,
+        front=pareto_front(table),
+        counts=counts,
+        artifacts=registry.get_artifacts(ctx.run_id),
+        registry_path=str(spec.registry.path),
+    )
+
+
+__all__ = ["STAGES", "RunSummary", "run_spec", "pipeline_flow", "NasflowError"]

@@ -1,0 +1,45 @@
+"""Profile stage: check every device runs here, fingerprint it, and time a reference model on it."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from ..errors import DeviceError
+from ..progress import reporter
+from ..space import LayerwiseSpace
+from .context import RunContext
+from .evaluate import make_devices, measure_everywhere, model_for
+
+
+def smallest_genome(space: LayerwiseSpace) -> tuple[int, ...]:
+    """The cheapest choice per layer, by MACs of the block alone; a fixed reference architecture."""
+    genome = []
+    for choices in space.choices:
+        costs = [(0 if b.kind == "skip" else b.kernel * b.kernel + b.expansion, j) for j, b in enumerate(choices)]
+        genome.append(min(costs)[1])
+    return tuple(genome)
+
+
+@flow(name="profile", persist_result=False, validate_parameters=False)
+def profile_stage(ctx: RunContext) -> list[dict]:
+    """Returns one record per device: name, runtime, fingerprint and the reference latency."""
+    from ..data import load_dataset
+
+    spec = ctx.spec
+    rep = reporter()
+    rep.stage_start("profile", len(spec.devices), "probing devices")
+    data = load_dataset(spec.dataset)
+    space = LayerwiseSpace(spec.space)
+    model = model_for(space.to_arch(smallest_genome(space)), spec.dataset)
+    records = []
+    for name, device in make_devices(spec.devices).items():
+        measurements, error = measure_everywhere({name: device}, model, data.input_shape)
+        if error:
+            raise DeviceError(f"device check failed on {error}")
+        m = measurements[0]
+        records.append(
+            {"device": name, "runtime": m.runtime, "fingerprint": m.fingerprint, "reference_ms": m.stats.median_ms}
+        )
+        rep.advance("profile", 1, f"{name}: {m.stats.median_ms:.3f} ms reference ({m.runtime})")
+    rep.stage_end("profile", ", ".join(f"{r['device']} ok" for r in records))
+    return records

@@ -1,0 +1,103 @@
+"""Train stage: fully train the best search candidates (and any listed architectures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from prefect import flow, unmapped
+
+from ..data import load_dataset
+from ..objectives import score
+from ..progress import reporter
+from ..space import arch_hash, build_model, format_arch, parse_arch
+from .context import RunContext
+from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, threads_per_task, train_candidate
+from .records import candidate_id, checkpoint_path, measurement_rows
+
+STAGE = "train"
+
+
+def best_candidates(rows: list[dict], k: int) -> list[dict]:
+    ok = [r for r in rows if r["status"] == "ok" and r.get("score") is not None]
+    return sorted(ok, key=lambda r: (-r["score"], r["arch_hash"]))[:k]
+
+
+def _jobs(ctx: RunContext) -> list[dict[str, Any]]:
+    """(arch, parent) pairs to train: top-k of the search, then explicitly listed architectures."""
+    spec = ctx.spec
+    jobs, seen = [], set()
+    parents = best_candidates(ctx.registry().get_candidates(ctx.run_id, stage="search"), spec.train.top_k)
+    for parent in parents:
+        jobs.append({"arch": parent["arch"], "parent_id": parent["candidate_id"]})
+        seen.add(parent["arch_hash"])
+    for text in spec.train.archs:
+        arch = parse_arch(text)
+        if arch_hash(arch) not in seen:
+            jobs.append({"arch": format_arch(arch), "parent_id": None})
+            seen.add(arch_hash(arch))
+    for job in jobs:
+        h = arch_hash(job["arch"])
+        job["candidate_id"] = candidate_id(ctx.run_id, STAGE, h, job["parent_id"])
+        job["arch_hash"] = h
+        job["checkpoint"] = str(checkpoint_path(spec.execution.work_dir, ctx.run_id, job["candidate_id"]))
+    return jobs
+
+
+def load_trained(ctx: RunContext, arch: str, checkpoint: str) -> torch.nn.Module:
+    data = load_dataset(ctx.spec.dataset)
+    model = build_model(parse_arch(arch), data.in_channels, data.num_classes)
+    model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+@flow(name="train", persist_result=False, validate_parameters=False)
+def train_stage(ctx: RunContext) -> dict[str, Any]:
+    spec = ctx.spec
+    registry = ctx.registry()
+    rep = reporter()
+    data = load_dataset(spec.dataset)
+    jobs = _jobs(ctx)
+    done = {r["candidate_id"] for r in registry.get_candidates(ctx.run_id, stage=STAGE)}
+    todo = [j for j in jobs if not (j["candidate_id"] in done and Path(j["checkpoint"]).exists())]
+    rep.stage_start(STAGE, len(jobs), f"{len(jobs)} candidates x {spec.train.config.epochs} epochs")
+    rep.advance(STAGE, len(jobs) - len(todo), "reused from the registry" if len(todo) < len(jobs) else "")
+    futures = train_candidate.map(
+        [j["arch"] for j in todo],
+        unmapped(spec.dataset),
+        unmapped(spec.train.config),
+        unmapped(spec.train.config.epochs),
+        unmapped(1.0),
+        unmapped(threads_per_task(spec.execution.workers)),
+        [j["checkpoint"] for j in todo],
+    ) if todo else []
+    devices = make_devices(spec.devices)
+    rows, mrows = [], []
+    for job, future in zip(todo, futures):
+        result = future.result()
+        row = {
+            "candidate_id": job["candidate_id"], "run_id": ctx.run_id, "stage": STAGE, "arch": job["arch"],
+            "arch_hash": job["arch_hash"], "parent_id": job["parent_id"],
+            "extra": {"checkpoint": job["checkpoint"]}, **arch_costs(parse_arch(job["arch"]), spec.dataset),
+        }
+        error = result.get("error")
+        measured = []
+        if not error:
+            measured, error = measure_everywhere(devices, load_trained(ctx, job["arch"], job["checkpoint"]), data.input_shape)
+        if error:
+            row.update(status="failed", error=error)
+        else:
+            latency = latency_on(measured, spec.objective_device)
+            row.update(
+                status="ok", accuracy=result["accuracy"], val_loss=result["val_loss"],
+                train_epochs=result["train_epochs"], train_seconds=result["train_seconds"],
+                score=score(result["accuracy"], latency, spec.objectives),
+            )
+        rows.append(row)
+        mrows += measurement_rows(job["candidate_id"], ctx.run_id, measured)
+        rep.advance(STAGE, 1, f"acc {row.get('accuracy', 0):.3f}" if row["status"] == "ok" else f"failed: {error}")
+    registry.add_candidates(rows)
+    registry.add_measurements(mrows)
+    rep.stage_end(STAGE, f"{len(todo)} trained, {len(jobs) - len(todo)} reused")
+    return {"trained": len(todo), "reused": len(jobs) - len(todo)}

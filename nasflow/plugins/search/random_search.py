@@ -1,0 +1,45 @@
+"""`random` search strategy: uniform samples of the space, without repeats while the space allows."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...hookspecs import hookimpl
+from ...plugin_api import Genome, SearchStrategy
+
+
+class RandomOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    max_tries: int = Field(50, ge=1, description="resamples per proposal to avoid a repeat")
+
+
+class RandomSearch(SearchStrategy):
+    """Baseline every NAS paper compares against: sample each layer's choice uniformly."""
+
+    name = "random"
+    description = "uniform random sampling of the space (no repeats while possible)"
+    Options = RandomOptions
+
+    def __init__(self, options, space, seed):
+        super().__init__(options, space, seed)
+        self._seen: set[Genome] = set()
+
+    def ask(self, n: int) -> list[Genome]:
+        proposals = []
+        for _ in range(n):
+            genome = self.space.sample(self.rng)
+            for _ in range(self.options.max_tries):
+                if genome not in self._seen:
+                    break
+                genome = self.space.sample(self.rng)
+            self._seen.add(genome)
+            proposals.append(genome)
+        return proposals
+
+    def tell(self, results: list[tuple[Genome, float | None]]) -> None:
+        """Random search ignores scores."""
+
+
+@hookimpl
+def nasflow_search_strategies():
+    return [RandomSearch]

@@ -1,0 +1,732 @@
+"""DuckDB results registry: schema and migrations, batched idempotent writes, read-only queries."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+import math
+import numbers
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from nasflow.errors import RegistryError
+
+DEFAULT_PATH = "registry.duckdb"
+
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+CANDIDATE_STAGES = ("search", "train", "morph", "deploy")
+CANDIDATE_STATUSES = ("ok", "failed")
+MEASUREMENT_SOURCES = ("measured", "lut", "predicted", "estimated")
+
+# The single description of every table: it builds the CREATE statements and the README's schema
+# section, so the two cannot drift apart. Migration 1 is generated from it; once a registry file
+# exists in the wild, a schema change must be a new migration (ALTER TABLE ...) *and* an edit
+# here, never an edit here alone.
+SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
+    "runs": [
+        ("run_id", "VARCHAR", "Identifier of the run; re-running the same spec resumes it."),
+        ("name", "VARCHAR", "The spec's `name`."),
+        ("spec_hash", "VARCHAR", "Hash of the validated spec."),
+        ("spec_yaml", "VARCHAR", "The spec as YAML text."),
+        ("status", "VARCHAR", "Where the run stands."),
+        ("runner", "VARCHAR", "Prefect task runner that evaluated candidates (`execution.runner`)."),
+        ("nasflow_version", "VARCHAR", "nasflow version that last started the run."),
+        ("host", "VARCHAR", "Host name of the machine that last started the run."),
+        ("started_at", "TIMESTAMP", "When the run was first started (UTC)."),
+        ("finished_at", "TIMESTAMP", "When the run last ended (UTC); NULL while running."),
+        ("error", "VARCHAR", "Why the run failed or was interrupted."),
+    ],
+    "candidates": [
+        ("candidate_id", "VARCHAR", "Identifier of the candidate."),
+        ("run_id", "VARCHAR", "Run that evaluated it (`runs.run_id`)."),
+        ("stage", "VARCHAR", "Pipeline stage that produced the row."),
+        ("arch", "VARCHAR", "Canonical architecture string."),
+        ("arch_hash", "VARCHAR", "Hash of `arch`: the architecture's identity across runs."),
+        ("parent_id", "VARCHAR", "Candidate this one was derived from (trained, morphed or deployed)."),
+        ("status", "VARCHAR", "Whether evaluation succeeded."),
+        ("error", "VARCHAR", "Why evaluation failed."),
+        ("params", "BIGINT", "Number of trainable parameters."),
+        ("macs", "BIGINT", "Multiply-accumulate operations for one input."),
+        ("accuracy", "DOUBLE", "Validation accuracy, 0 to 1."),
+        ("val_loss", "DOUBLE", "Validation loss."),
+        ("train_epochs", "INTEGER", "Epochs trained before evaluation."),
+        ("train_seconds", "DOUBLE", "Wall-clock training time in seconds."),
+        ("score", "DOUBLE", "Scalarised objective the search ranked candidates by."),
+        ("extra", "JSON", "Strategy- or plugin-specific fields."),
+        ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+    ],
+    "measurements": [
+        ("measurement_id", "VARCHAR", "Identifier of the measurement."),
+        ("candidate_id", "VARCHAR", "Candidate measured (`candidates.candidate_id`)."),
+        ("run_id", "VARCHAR", "Run that recorded it (`runs.run_id`)."),
+        ("device", "VARCHAR", "Device backend name from the spec."),
+        ("runtime", "VARCHAR", "Inference runtime that executed the model."),
+        ("artifact_format", "VARCHAR", "Form of the model measured (e.g. `pytorch`, `onnx`, `tflite_int8`)."),
+        ("artifact_id", "VARCHAR", "Deployed file timed (`artifacts.artifact_id`); NULL when the live model was."),
+        ("source", "VARCHAR", "How the number was obtained: on the device, from a LUT, by a model, or analytically."),
+        ("metric", "VARCHAR", "Quantity the statistics describe (e.g. `latency`)."),
+        ("median_ms", "DOUBLE", "Median over the timed runs, milliseconds."),
+        ("p90_ms", "DOUBLE", "90th percentile, milliseconds."),
+        ("mean_ms", "DOUBLE", "Mean, milliseconds."),
+        ("std_ms", "DOUBLE", "Standard deviation, milliseconds."),
+        ("runs", "INTEGER", "Number of timed runs behind the statistics (outliers included)."),
+        ("outliers", "INTEGER", "Timed runs dropped as outliers (> median + 5 MAD)."),
+        ("rel_ci", "DOUBLE", "Half-width of the median's 95 % confidence interval, relative to the median."),
+        ("threads", "INTEGER", "Threads the runtime was pinned to."),
+        ("batch_size", "INTEGER", "Batch size of the measured input."),
+        ("fingerprint", "JSON", "Device fingerprint: CPU model, runtime and library versions, threads."),
+        ("fingerprint_hash", "VARCHAR", "Hash of `fingerprint`, for grouping comparable numbers."),
+        ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+    ],
+    "lut": [
+        ("device", "VARCHAR", "Device backend name."),
+        ("fingerprint_hash", "VARCHAR", "Hash of the device fingerprint the entry is valid for."),
+        ("op_key", "VARCHAR", "Canonical description of the operator or block."),
+        ("input_shape", "VARCHAR", "Input shape the operator was timed with (e.g. `1x3x32x32`)."),
+        ("median_ms", "DOUBLE", "Median latency, milliseconds."),
+        ("p90_ms", "DOUBLE", "90th-percentile latency, milliseconds."),
+        ("runs", "INTEGER", "Number of timed runs behind the statistics."),
+        ("source", "VARCHAR", "How the entry was obtained (normally `measured`)."),
+        ("fingerprint", "JSON", "Full device fingerprint."),
+        ("created_at", "TIMESTAMP", "When the entry was recorded (UTC)."),
+    ],
+    "artifacts": [
+        ("artifact_id", "VARCHAR", "Identifier of the artifact."),
+        ("candidate_id", "VARCHAR", "Candidate exported (`candidates.candidate_id`)."),
+        ("run_id", "VARCHAR", "Run that exported it (`runs.run_id`)."),
+        ("format", "VARCHAR", "Export format (e.g. `onnx`, `tflite_fp32`, `tflite_int8`, `edgetpu`)."),
+        ("path", "VARCHAR", "Where the file was written."),
+        ("sha256", "VARCHAR", "SHA-256 of the file."),
+        ("size_bytes", "BIGINT", "File size in bytes."),
+        ("max_abs_err", "DOUBLE", "Largest absolute difference from PyTorch's outputs on the check inputs."),
+        ("tolerance", "DOUBLE", "Largest difference accepted."),
+        ("verified", "BOOLEAN", "Whether `max_abs_err` was within `tolerance`."),
+        ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+    ],
+    "schema_version": [
+        ("version", "INTEGER", "Number of an applied migration."),
+        ("name", "VARCHAR", "What the migration does."),
+        ("applied_at", "TIMESTAMP", "When it was applied (UTC)."),
+    ],
+}
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "runs": ("run_id",),
+    "candidates": ("candidate_id",),
+    "measurements": ("measurement_id",),
+    "lut": ("device", "fingerprint_hash", "op_key", "input_shape"),
+    "artifacts": ("artifact_id",),
+    "schema_version": ("version",),
+}
+
+# Enforced by CHECK constraints so that, e.g., a predicted latency can never pass for a measured one.
+ALLOWED_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("runs", "status"): RUN_STATUSES,
+    ("candidates", "stage"): CANDIDATE_STAGES,
+    ("candidates", "status"): CANDIDATE_STATUSES,
+    ("measurements", "source"): MEASUREMENT_SOURCES,
+}
+
+_ARROW_TYPES = {
+    "VARCHAR": pa.string(),
+    "JSON": pa.string(),
+    "BIGINT": pa.int64(),
+    "INTEGER": pa.int32(),
+    "DOUBLE": pa.float64(),
+    "BOOLEAN": pa.bool_(),
+    "TIMESTAMP": pa.timestamp("us"),
+}
+
+# Opening a DuckDB file twice in one process with different settings fails, so all registry
+# connections of this process take turns; DuckDB's file lock arbitrates between processes.
+_PROCESS_LOCK = threading.RLock()
+_BATCH_VIEW = "_nasflow_batch"
+_ORDINAL = "_nasflow_ordinal"  # extra batch column that keeps rows in the caller's order
+
+
+def _create_table_sql(table: str, if_not_exists: bool = False) -> str:
+    """CREATE TABLE statement for one table of SCHEMA_DOC."""
+    lines = []
+    for column, sql_type, _ in SCHEMA_DOC[table]:
+        allowed = ALLOWED_VALUES.get((table, column))
+        check = ""
+        if allowed:
+            check = " CHECK (" + column + " IN (" + ", ".join(f"'{v}'" for v in allowed) + "))"
+        lines.append(f"    {column} {sql_type}{check}")
+    lines.append(f"    PRIMARY KEY ({', '.join(PRIMARY_KEYS[table])})")
+    exists = "IF NOT EXISTS " if if_not_exists else ""
+    return f"CREATE TABLE {exists}{table} (\n" + ",\n".join(lines) + "\n);"
+
+
+def _initial_schema_sql() -> str:
+    """SQL of migration 1: every data table."""
+    tables = ("runs", "candidates", "measurements", "lut", "artifacts")
+    return "\n".join(_create_table_sql(t) for t in tables)
+
+
+# Ordered (version, name, sql); applied once each, in order, one transaction per migration.
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (1, "initial schema: runs, candidates, measurements, lut, artifacts", _initial_schema_sql()),
+]
+
+
+def schema_markdown() -> str:
+    """The schema as markdown: one heading and column table per registry table."""
+    parts = []
+    for table, columns in SCHEMA_DOC.items():
+        parts.append(f"### `{table}`\n")
+        parts.append("| column | type | description |")
+        parts.append("|---|---|---|")
+        for column, sql_type, description in columns:
+            kind = _doc_type(table, column, sql_type)
+            parts.append(f"| `{column}` | {kind} | {_doc_description(table, column, description)} |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def _doc_type(table: str, column: str, sql_type: str) -> str:
+    """Type cell of the schema docs, marking primary-key columns."""
+    return f"{sql_type}, primary key" if column in PRIMARY_KEYS[table] else sql_type
+
+
+def _doc_description(table: str, column: str, description: str) -> str:
+    """Description cell of the schema docs, listing allowed values where a CHECK enforces them."""
+    allowed = ALLOWED_VALUES.get((table, column))
+    if not allowed:
+        return description
+    return f"{description} One of " + ", ".join(f"`{v}`" for v in allowed) + "."
+
+
+def _utcnow() -> dt.datetime:
+    """Current UTC time as a naive datetime, the form DuckDB's TIMESTAMP stores."""
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def _is_lock_error(error: Exception) -> bool:
+    """Whether DuckDB refused to open the file because another process holds its lock."""
+    return isinstance(error, duckdb.IOException) and "lock" in str(error).lower()
+
+
+def _lock_holder_pid(message: str) -> str:
+    """PID of the process holding the lock, as DuckDB reports it, or '?' when it does not."""
+    match = re.search(r"PID (\d+)", message)
+    return match.group(1) if match else "?"
+
+
+def _looks_like_duckdb(path: Path) -> bool:
+    """Whether the file starts with DuckDB's header (magic 'DUCK' after an 8-byte checksum)."""
+    with path.open("rb") as handle:
+        return handle.read(12)[8:12] == b"DUCK"
+
+
+class Registry:
+    """The results registry in one DuckDB file, opened per batch so that readers are never shut out."""
+
+    def __init__(self, path: str | Path = DEFAULT_PATH, lock_timeout: float = 30.0, *, read_only: bool = False):
+        self.path = Path(path)
+        self.lock_timeout = float(lock_timeout)
+        self.read_only = read_only
+        self._check_file()
+        if not read_only:
+            self._migrate()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        return f"Registry({str(self.path)!r}, {mode})"
+
+    # --- opening ---------------------------------------------------------------------------
+
+    def _check_file(self) -> None:
+        """Refuse paths that are not (or cannot become) a DuckDB file, before DuckDB touches them."""
+        if self.path.is_dir():
+            raise RegistryError(f"'{self.path}' is a directory, not a DuckDB database")
+        if self.path.exists():
+            if not _looks_like_duckdb(self.path):
+                raise RegistryError(f"'{self.path}' is not a DuckDB database: it lacks DuckDB's file header")
+        elif self.read_only:
+            raise RegistryError(f"no registry at {self.path}; run a spec first or pass --registry")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def _connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """Open the file, retrying with backoff while another process holds a conflicting lock."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.01
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only)
+            except duckdb.Error as error:
+                if not _is_lock_error(error):
+                    raise self._open_error(error) from error
+                if time.monotonic() >= deadline:
+                    raise RegistryError(
+                        f"registry file {self.path} is locked by another process "
+                        f"(pid {_lock_holder_pid(str(error))}) and stayed locked for "
+                        f"{self.lock_timeout:g} s: {error}"
+                    ) from error
+            # Jitter keeps a polling reader and writer from retrying in lockstep.
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0.0)) * (0.5 + random.random()))
+            delay = min(delay * 2, 0.25)
+
+    def _open_error(self, error: Exception) -> RegistryError:
+        """Translate a DuckDB failure to open the file into a RegistryError."""
+        if "not a valid DuckDB database" in str(error):
+            return RegistryError(f"'{self.path}' is not a DuckDB database: {error}")
+        return RegistryError(f"cannot open registry {self.path}: {error}")
+
+    @contextmanager
+    def _connection(self, read_only: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection held only for the block, so the file lock is free between batches."""
+        with _PROCESS_LOCK:
+            con = self._connect(read_only)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def _writing(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection inside one transaction; DuckDB errors become RegistryError."""
+        if self.read_only:
+            raise RegistryError(f"registry {self.path} was opened read-only; it cannot be written")
+        with self._connection(read_only=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except duckdb.Error as error:
+                _rollback(con)
+                raise RegistryError(f"writing to registry {self.path} failed: {error}") from error
+            except BaseException:
+                _rollback(con)
+                raise
+
+    def _migrate(self) -> None:
+        """Apply the migrations this file lacks, each in its own transaction."""
+        with self._connection(read_only=False) as con:
+            try:
+                con.execute(_create_table_sql("schema_version", if_not_exists=True))
+                applied = {row[0] for row in con.execute("SELECT version FROM schema_version").fetchall()}
+            except duckdb.Error as error:
+                raise RegistryError(f"cannot read the schema version of {self.path}: {error}") from error
+            newest = MIGRATIONS[-1][0]
+            if applied and max(applied) > newest:
+                raise RegistryError(
+                    f"registry {self.path} has schema version {max(applied)}, newer than this "
+                    f"nasflow understands ({newest}); upgrade nasflow"
+                )
+            for version, name, sql in MIGRATIONS:
+                if version not in applied:
+                    self._apply_migration(con, version, name, sql)
+
+    def _apply_migration(self, con: duckdb.DuckDBPyConnection, version: int, name: str, sql: str) -> None:
+        """Run one migration and record it, atomically."""
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(sql)
+            con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, _utcnow()])
+            con.execute("COMMIT")
+        except duckdb.Error as error:
+            _rollback(con)
+            raise RegistryError(f"migration {version} ({name}) failed on {self.path}: {error}") from error
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def start_run(
+        self, run_id: str, name: str, spec_hash: str, spec_yaml: str, runner: str, nasflow_version: str
+    ) -> bool:
+        """Record a run as running; returns True when the run already existed (a resume)."""
+        with self._writing() as con:
+            exists = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
+            if exists:
+                # Keep the original spec and start time; record where and with what it resumed.
+                con.execute(
+                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
+                    "runner = ?, nasflow_version = ?, host = ? WHERE run_id = ?",
+                    [runner, nasflow_version, socket.gethostname(), run_id],
+                )
+            else:
+                con.execute(
+                    "INSERT INTO runs (run_id, name, spec_hash, spec_yaml, status, runner, nasflow_version, "
+                    "host, started_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
+                    [run_id, name, spec_hash, spec_yaml, runner, nasflow_version, socket.gethostname(), _utcnow()],
+                )
+        return exists
+
+    def finish_run(self, run_id: str, status: str, error: str | None = None) -> None:
+        """Mark a run finished, failed or interrupted, with the error when there is one."""
+        if status not in RUN_STATUSES or status == "running":
+            ends = ", ".join(s for s in RUN_STATUSES if s != "running")
+            raise RegistryError(f"cannot finish run {run_id!r} with status {status!r}; use one of {ends}")
+        with self._writing() as con:
+            if con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is None:
+                raise RegistryError(f"no run {run_id!r} in registry {self.path}")
+            con.execute(
+                "UPDATE runs SET status = ?, finished_at = ?, error = ? WHERE run_id = ?",
+                [status, _utcnow(), error, run_id],
+            )
+
+    # --- batched appends -------------------------------------------------------------------
+
+    def add_candidates(self, rows: list[dict[str, Any]]) -> int:
+        """Append candidate rows; rows whose candidate_id exists are skipped. Returns rows added."""
+        return self._insert("candidates", rows)
+
+    def add_measurements(self, rows: list[dict[str, Any]]) -> int:
+        """Append measurement rows; rows whose measurement_id exists are skipped. Returns rows added."""
+        return self._insert("measurements", rows)
+
+    def add_artifacts(self, rows: list[dict[str, Any]]) -> int:
+        """Append artifact rows; rows whose artifact_id exists are skipped. Returns rows added."""
+        return self._insert("artifacts", rows)
+
+    def add_lut(self, rows: list[dict[str, Any]], replace: bool = False) -> int:
+        """Append LUT entries; existing keys are skipped, or overwritten with replace=True (re-profiling)."""
+        return self._insert("lut", rows, replace=replace)
+
+    def _insert(self, table: str, rows: list[dict[str, Any]], replace: bool = False) -> int:
+        """Insert a batch through an Arrow table in one transaction; returns the rows written."""
+        if not rows:
+            return 0
+        batch = _arrow_batch(table, _unique_rows(table, rows, keep_last=replace))
+        with self._writing() as con:
+            # The view dies with the connection, which closes right after this batch.
+            con.register(_BATCH_VIEW, batch)
+            written = con.execute(_insert_sql(table, batch.column_names, replace)).fetchone()
+        return int(written[0]) if written else 0
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's row, or None when the registry has no such run."""
+        rows = self._select("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return rows[0] if rows else None
+
+    def get_candidates(self, run_id: str, stage: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        """A run's candidates in the order they were recorded, optionally of one stage and status."""
+        sql = "SELECT * FROM candidates WHERE run_id = ?"
+        params: list[Any] = [run_id]
+        if stage is not None:
+            sql += " AND stage = ?"
+            params.append(stage)
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        return self._select(sql + " ORDER BY rowid", params)
+
+    def get_measurements(self, candidate_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """Every measurement of the given candidates, in the order they were recorded."""
+        ids = list(candidate_ids)
+        if not ids:
+            return []
+        return self._select(
+            "SELECT * FROM measurements WHERE candidate_id IN (SELECT UNNEST(?)) ORDER BY rowid", [ids]
+        )
+
+    def get_artifacts(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's exported artifacts, in the order they were recorded."""
+        return self._select("SELECT * FROM artifacts WHERE run_id = ? ORDER BY rowid", [run_id])
+
+    def _select(self, sql: str, params: list[Any]) -> list[dict[str, Any]]:
+        """Rows of a trusted SELECT as dicts, JSON columns decoded."""
+        columns, rows = self.query(sql, params)
+        return [dict(zip(columns, row)) for row in rows]
+
+    def query(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        """Run SQL on a read-only connection; returns column names and rows (JSON values decoded)."""
+        with self._connection(read_only=True) as con:
+            try:
+                cursor = con.execute(sql, params) if params is not None else con.execute(sql)
+                if cursor.description is None:
+                    return [], []
+                description = cursor.description
+                rows = cursor.fetchall()
+            except duckdb.Error as error:
+                raise _query_error(error) from error
+        columns = [column[0] for column in description]
+        json_columns = [i for i, column in enumerate(description) if str(column[1]) == "JSON"]
+        if json_columns:
+            rows = [_decode_json(row, json_columns) for row in rows]
+        return columns, rows
+
+
+def open_readonly(path: str | Path = DEFAULT_PATH, lock_timeout: float = 30.0) -> Registry:
+    """Open an existing registry for reading only (nasflow sql, reports); never creates or migrates."""
+    return Registry(path, lock_timeout, read_only=True)
+
+
+def _insert_sql(table: str, batch_columns: list[str], replace: bool) -> str:
+    """INSERT ... SELECT from the registered batch that skips (or replaces) rows already stored.
+
+    Skipping is an anti-join on the primary key rather than INSERT OR IGNORE: DuckDB's OR IGNORE
+    path scrambles the batch's row order, and get_* return rows in the order they were recorded.
+    """
+    columns = [c for c in batch_columns if c != _ORDINAL]
+    names = ", ".join(columns)
+    source = f"SELECT {names} FROM {_BATCH_VIEW} AS b"
+    if replace:
+        return f"INSERT OR REPLACE INTO {table} ({names}) {source}"
+    same_key = " AND ".join(f"t.{k} = b.{k}" for k in PRIMARY_KEYS[table])
+    return (
+        f"INSERT INTO {table} ({names}) {source} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same_key}) ORDER BY b.{_ORDINAL}"
+    )
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, tolerating a transaction DuckDB has already aborted."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass
+
+
+def _query_error(error: Exception) -> RegistryError:
+    """Translate a failed user query into a RegistryError that keeps DuckDB's message."""
+    if "read-only" in str(error):
+        return RegistryError(f"the registry is read-only here: {error}")
+    return RegistryError(str(error))
+
+
+def _decode_json(row: tuple, json_columns: list[int]) -> tuple:
+    """Row with its JSON columns parsed from DuckDB's text form."""
+    values = list(row)
+    for i in json_columns:
+        if values[i] is not None:
+            values[i] = json.loads(values[i])
+    return tuple(values)
+
+
+# --- building a batch ------------------------------------------------------------------------
+
+
+def _unique_rows(table: str, rows: list[dict[str, Any]], keep_last: bool) -> list[dict[str, Any]]:
+    """Rows with one per primary key, in first-seen order.
+
+    DuckDB's conflict handling reorders a batch that repeats a key, so repeats are settled here:
+    the first row wins (as it does against rows already stored) unless keep_last is set.
+    """
+    key = PRIMARY_KEYS[table]
+    unique: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        if not isinstance(row, dict):
+            raise RegistryError(f"rows for {table} must be dicts, got {type(row).__name__}")
+        ident = tuple(row.get(k) for k in key)
+        if keep_last or ident not in unique:
+            unique[ident] = row
+    return list(unique.values())
+
+
+def _arrow_batch(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Arrow table of the rows, typed like the registry table, with created_at and an ordinal added."""
+    types = {column: sql_type for column, sql_type, _ in SCHEMA_DOC[table]}
+    present = _check_keys(table, rows, types)
+    if "created_at" in types:
+        present.add("created_at")
+    arrays, names = [], []
+    for column in (c for c in types if c in present):
+        values = [row.get(column) for row in rows]
+        arrays.append(_arrow_column(table, column, types[column], values))
+        names.append(column)
+    arrays.append(pa.array(range(len(rows)), type=pa.int64()))
+    names.append(_ORDINAL)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _check_keys(table: str, rows: list[dict[str, Any]], types: dict[str, str]) -> set[str]:
+    """Keys used by the rows; unknown keys and missing primary-key values are errors."""
+    present = set().union(*(row.keys() for row in rows))
+    unknown = sorted(present - types.keys())
+    if unknown:
+        raise RegistryError(f"unknown column(s) for table {table}: {', '.join(unknown)}")
+    for key in PRIMARY_KEYS[table]:
+        if any(row.get(key) is None for row in rows):
+            raise RegistryError(f"every {table} row needs a value for {key} (part of the primary key)")
+    return present
+
+
+def _arrow_column(table: str, column: str, sql_type: str, values: list[Any]) -> pa.Array:
+    """One typed Arrow column; conversion problems name the column."""
+    if sql_type == "JSON":
+        values = [_to_json_text(v) for v in values]
+    elif sql_type == "TIMESTAMP":
+        default = _utcnow() if column == "created_at" else None
+        values = [_to_timestamp(table, column, v, default) for v in values]
+    elif sql_type in ("BIGINT", "INTEGER"):
+        _check_integral(table, column, values)
+    try:
+        return pa.array(values, type=_ARROW_TYPES[sql_type])
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as error:
+        raise RegistryError(f"bad value for {table}.{column} ({sql_type}): {error}") from error
+
+
+def _to_json_text(value: Any) -> str | None:
+    """JSON text for a JSON column; strings are taken to be JSON already."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    """json.dumps fallback: NumPy scalars and arrays become Python values, anything else its str."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+def _to_timestamp(table: str, column: str, value: Any, default: dt.datetime | None) -> dt.datetime | None:
+    """Naive UTC datetime from a datetime or ISO string; aware times are converted to UTC."""
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError as error:
+            raise RegistryError(f"bad value for {table}.{column}: {error}") from error
+    if isinstance(value, dt.datetime) and value.tzinfo is not None:
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
+
+
+def _check_integral(table: str, column: str, values: list[Any]) -> None:
+    """Refuse fractional numbers for integer columns: Arrow would truncate them silently."""
+    for value in values:
+        if value is None or type(value) is int:
+            continue
+        if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+            if not float(value).is_integer():
+                raise RegistryError(f"bad value for {table}.{column}: {value!r} is not a whole number")
+
+
+# --- output formats --------------------------------------------------------------------------
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    """Aligned plain-text table (numbers right-aligned, floats to 4 significant digits) with a row count."""
+    cells = [[_table_cell(v) for v in row] for row in rows]
+    widths = [len(c) for c in columns]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    numeric = [_is_numeric_column(rows, i) for i in range(len(columns))]
+    lines = [_table_line(columns, widths, [False] * len(columns))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines.extend(_table_line(row, widths, numeric) for row in cells)
+    lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
+    return "\n".join(lines)
+
+
+def _table_line(cells: list[str], widths: list[int], right: list[bool]) -> str:
+    """One padded line of the text table."""
+    padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+    return "  ".join(padded).rstrip()
+
+
+def _is_numeric_column(rows: list[tuple], index: int) -> bool:
+    """Whether every non-NULL value of the column is a number (bools are not)."""
+    values = [row[index] for row in rows if row[index] is not None]
+    return bool(values) and all(_is_number(v) for v in values)
+
+
+def _is_number(value: Any) -> bool:
+    """Numbers for alignment and rounding purposes: ints, floats, decimals, not bools."""
+    return isinstance(value, (numbers.Number, decimal.Decimal)) and not isinstance(value, bool)
+
+
+def _table_cell(value: Any) -> str:
+    """Text of one value in the plain-text table."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (float, decimal.Decimal)):
+        return _four_significant(float(value))
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    # Newlines (e.g. spec_yaml) would break the alignment of every following row.
+    return str(value).replace("\r", "\\r").replace("\n", "\\n")
+
+
+def _four_significant(value: float) -> str:
+    """A float to 4 significant digits, positional unless very small or very large."""
+    if value == 0:
+        return "0"
+    if not math.isfinite(value):
+        return str(value)
+    if 1e4 <= abs(value) < 1e15:
+        exponent = math.floor(math.log10(abs(value)))
+        return f"{round(value, 3 - exponent):.0f}"
+    return f"{value:.4g}"
+
+
+def format_csv(columns: list[str], rows: list[tuple]) -> str:
+    """CSV with a header row; NULL is empty, timestamps ISO 8601, JSON values as JSON text."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(v) for v in row])
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    """Value of one CSV cell."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return value
+
+
+def format_json(columns: list[str], rows: list[tuple]) -> str:
+    """A JSON list with one object per row; timestamps ISO 8601, NaN and infinities null."""
+    names = _unique_names(columns)
+    objects = [{n: _json_value(v) for n, v in zip(names, row)} for row in rows]
+    return json.dumps(objects, indent=2, allow_nan=False)
+
+
+def _unique_names(columns: list[str]) -> list[str]:
+    """Column names made unique (a_1, a_2, ...) so that no value is lost as a duplicate JSON key."""
+    seen: dict[str, int] = {}
+    names = []
+    for column in columns:
+        count = seen.get(column, 0)
+        seen[column] = count + 1
+        names.append(column if count == 0 else f"{column}_{count}")
+    return names
+
+
+def _json_value(value: Any) -> Any:
+    """A query value as something json.dumps writes faithfully and validly."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, decimal.Decimal):
+        return _json_value(float(value))
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (uuid.UUID, bytes)):
+        return value.hex() if isinstance(value, bytes) else str(value)
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value

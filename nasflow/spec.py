@@ -1,0 +1,223 @@
+"""Load and validate a YAML workflow spec; every error names the field path and the YAML line."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .config import (
+    DatasetConfig,
+    DeployConfig,
+    DeviceConfig,
+    ExecutionConfig,
+    MorphConfig,
+    ObjectivesConfig,
+    ProfileConfig,
+    RegistryConfig,
+    SearchConfig,
+    Section,
+    SpaceConfig,
+    TrainStageConfig,
+)
+from .errors import NasflowError, SpecError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Spec(Section):
+    """A whole workflow: what to search, where to measure, and which stages run."""
+
+    name: str
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    devices: list[DeviceConfig] = Field(default_factory=lambda: [DeviceConfig(name="torch-cpu")], min_length=1)
+    objectives: ObjectivesConfig = Field(default_factory=lambda: ObjectivesConfig(reward="accuracy"))
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    train: TrainStageConfig = Field(default_factory=TrainStageConfig)
+    morph: MorphConfig = Field(default_factory=MorphConfig)
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_slug(cls, value: str) -> str:
+        if not NAME_PATTERN.match(value):
+            raise ValueError("name may contain letters, digits, '_', '.', '-' and must start with a letter or digit")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Spec":
+        names = [d.name for d in self.devices]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"devices: {', '.join(duplicates)} listed more than once")
+        if self.objectives.device is not None and self.objectives.device not in names:
+            raise ValueError(
+                f"objectives.device {self.objectives.device!r} is not in devices ({', '.join(names)})"
+            )
+        return self
+
+    @property
+    def objective_device(self) -> str:
+        return self.objectives.device or self.devices[0].name
+
+    def spec_hash(self) -> str:
+        """Identity of the run: the validated content, not the YAML's formatting or comments."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    def run_id(self) -> str:
+        return f"{self.name}-{self.spec_hash()[:10]}"
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    spec: Spec
+    path: Path
+    text: str
+
+
+# ------------------------------------------------------------------ YAML with line numbers
+
+
+def _line_index(node: yaml.Node | None, prefix: tuple = (), out: dict | None = None) -> dict[tuple, int]:
+    """Map each field path (keys and list indices) to the 1-based YAML line where it starts."""
+    out = {} if out is None else out
+    if node is None:
+        return out
+    out.setdefault(prefix, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (key_node.value,)
+            out[path] = key_node.start_mark.line + 1
+            _line_index(value_node, path, out)
+            out[path] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _line_index(item, prefix + (index,), out)
+    return out
+
+
+def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """The line of the deepest existing prefix of `loc` (a missing key points at its parent)."""
+    for cut in range(len(loc), -1, -1):
+        if tuple(loc[:cut]) in lines:
+            return lines[tuple(loc[:cut])]
+    return None
+
+
+def _format_loc(loc: tuple) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise SpecError(f"{where}: malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: malformed YAML: {exc}") from None
+    if data is None:
+        raise SpecError(f"{source}: the spec is empty")
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}:1: a spec must be a mapping of sections (name, dataset, space, ...)")
+    return data, _line_index(node)
+
+
+def _validation_messages(exc: ValidationError, lines: dict[tuple, int], source: str) -> list[str]:
+    messages = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        line = _line_for(lines, loc)
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        messages.append(f"{where}: {_format_loc(loc)}: {msg}")
+    return messages
+
+
+# ------------------------------------------------------------------ plugin-level checks
+
+
+def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    """Names, options and availability of every plugin the spec uses, checked now, not mid-run."""
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    checks: list[tuple[tuple, str, str, dict]] = [
+        (("search",), "search", spec.search.strategy, spec.search.options),
+        (("morph",), "compressor", spec.morph.compressor, spec.morph.options),
+    ]
+    checks += [(("devices", i), "device", d.name, d.options) for i, d in enumerate(spec.devices)]
+    messages = []
+    for loc, kind, name, options in checks:
+        name_key = {"search": "strategy", "compressor": "compressor", "device": "name"}[kind]
+        try:
+            info = plugins.get(kind, name)
+            plugins.options(kind, name, options)
+            reason = info.cls.unavailable_reason() if kind == "device" else None
+        except NasflowError as exc:
+            field = loc + ((name_key,) if "registered" in str(exc) else ("options",))
+            messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: {exc}")
+            continue
+        if reason:
+            field = loc + ("name",)
+            messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: device {name!r} is not usable here: {reason}")
+    return messages
+
+
+def _environment_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    messages = []
+    if spec.dataset.name == "image_folder" and spec.dataset.path and not spec.dataset.path.exists():
+        loc = ("dataset", "path")
+        messages.append(f"{source}:{_line_for(lines, loc)}: dataset.path: '{spec.dataset.path}' does not exist")
+    from .flows.runners import runner_problem
+
+    problem = runner_problem(spec.execution.runner)
+    if problem:
+        loc = ("execution", "runner")
+        messages.append(f"{source}:{_line_for(lines, loc)}: execution.runner: {problem}")
+    return messages
+
+
+def parse_spec(text: str, source: str = "<spec>", check_plugins: bool = True) -> Spec:
+    """Validate spec text; raise SpecError listing every problem with its line."""
+    data, lines = _parse_yaml(text, source)
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError("\n".join(_validation_messages(exc, lines, source))) from None
+    if check_plugins:
+        problems = _plugin_messages(spec, lines, source) + _environment_messages(spec, lines, source)
+        if problems:
+            raise SpecError("\n".join(problems))
+    return spec
+
+
+def load_spec(path: str | Path, check_plugins: bool = True) -> LoadedSpec:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError(f"spec file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read spec file '{path}': {exc}") from None
+    return LoadedSpec(parse_spec(text, str(path), check_plugins), path, text)

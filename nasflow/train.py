@@ -1,0 +1,172 @@
+"""Train and evaluate a classifier on an in-memory Dataset (CPU, deterministic per seed)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TrainConfig
+from .data import Dataset
+
+_PAD = 2  # pixels of padding for the random-crop augmentation
+
+
+@dataclass
+class TrainResult:
+    val_accuracy: float  # 0..1
+    val_loss: float
+    train_loss: float  # mean cross-entropy over the last epoch (regulariser excluded)
+    epochs: int  # epochs completed; fewer than asked when the loss diverged
+    seconds: float
+
+
+def train_model(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    epochs: int | None = None,
+    subset: float = 1.0,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> TrainResult:
+    """Train `model` in place, then evaluate it on the validation split."""
+    if not 0 < subset <= 1:
+        raise ValueError(f"subset must be in (0, 1], got {subset}")
+    total_epochs = config.epochs if epochs is None else epochs
+    if total_epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {total_epochs}")
+    start = time.perf_counter()
+    device = _model_device(model)
+    keep = _subset_indices(dataset.train_y, subset, config.seed)
+    x = torch.as_tensor(np.ascontiguousarray(dataset.train_x[keep])).to(device)
+    y = torch.as_tensor(np.ascontiguousarray(dataset.train_y[keep])).to(device)
+    was_training = model.training
+    # Dropout and friends draw from the global RNG: seed it, but hand the caller's state back.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        done, train_loss = _fit(model, x, y, config, total_epochs, extra_loss, progress)
+    model.train(was_training)
+    val_accuracy, val_loss = evaluate(model, dataset)
+    return TrainResult(val_accuracy, val_loss, train_loss, done, time.perf_counter() - start)
+
+
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the validation split; the model's mode is restored."""
+    device = _model_device(model)
+    x = torch.as_tensor(np.ascontiguousarray(dataset.val_x))
+    y = torch.as_tensor(np.ascontiguousarray(dataset.val_y))
+    was_training = model.training
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    try:
+        with torch.no_grad():
+            for i in range(0, len(y), batch_size):
+                logits = model(x[i : i + batch_size].to(device))
+                target = y[i : i + batch_size].to(device)
+                loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+                correct += int((logits.argmax(1) == target).sum())
+    finally:
+        model.train(was_training)
+    n = max(len(y), 1)
+    return correct / n, loss_sum / n
+
+
+def _fit(model, x, y, config: TrainConfig, epochs: int, extra_loss, progress) -> tuple[int, float]:
+    """The training loop proper; returns (epochs completed, last epoch's mean loss)."""
+    gen = torch.Generator().manual_seed(config.seed)
+    n = len(y)
+    # Drop the ragged last batch: a batch of one breaks BatchNorm; samples reshuffle every epoch.
+    batch = min(config.batch_size, n)
+    steps_per_epoch = n // batch
+    total_steps = steps_per_epoch * epochs
+    optimizer = _optimizer(model, config)
+    model.train()
+    step, epoch_loss = 0, float("nan")
+    for epoch in range(epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * batch : (b + 1) * batch]
+            xb = _augment(x[idx], gen) if config.augment else x[idx]
+            _set_lr(optimizer, _lr_at(config, step, total_steps))
+            losses.append(_step(model, optimizer, xb, y[idx], config, extra_loss))
+            step += 1
+        epoch_loss = float(np.mean(losses))
+        if progress is not None:
+            progress(epoch + 1, epochs, epoch_loss)
+        if not math.isfinite(epoch_loss):
+            return epoch + 1, epoch_loss  # diverged: more epochs would only burn time
+    return epochs, epoch_loss
+
+
+def _step(model, optimizer, xb, yb, config: TrainConfig, extra_loss) -> float:
+    optimizer.zero_grad(set_to_none=True)
+    data_loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
+    loss = data_loss + extra_loss(model) if extra_loss is not None else data_loss
+    loss.backward()
+    optimizer.step()
+    return data_loss.item()
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    # BN scales/shifts and biases are 1-D; decaying them only hurts accuracy.
+    groups = [
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr)
+    nesterov = config.momentum > 0  # torch rejects nesterov without momentum
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=nesterov)
+
+
+def _lr_at(config: TrainConfig, step: int, total_steps: int) -> float:
+    if config.schedule == "constant" or total_steps <= 1:
+        return config.lr
+    return 0.5 * config.lr * (1.0 + math.cos(math.pi * step / total_steps))
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def _augment(xb: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding by _PAD pixels, then random horizontal flip, per sample."""
+    b, _, h, w = xb.shape
+    padded = F.pad(xb, (_PAD, _PAD, _PAD, _PAD))
+    dy = torch.randint(0, 2 * _PAD + 1, (b, 1), generator=gen).to(xb.device)
+    dx = torch.randint(0, 2 * _PAD + 1, (b, 1), generator=gen).to(xb.device)
+    rows = dy + torch.arange(h, device=xb.device)  # (b, h)
+    cols = dx + torch.arange(w, device=xb.device)  # (b, w)
+    batch_idx = torch.arange(b, device=xb.device)[:, None, None]
+    # Advanced indexing yields (b, h, w, c); move channels back to dim 1.
+    cropped = padded.permute(0, 2, 3, 1)[batch_idx, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    flip = (torch.rand(b, generator=gen) < 0.5).to(xb.device)
+    return torch.where(flip[:, None, None, None], cropped.flip(3), cropped).contiguous()
+
+
+def _subset_indices(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A deterministic, per-class share of the training split (every class keeps at least one)."""
+    if share >= 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng([2, seed % 2**63])
+    picked = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        picked.append(rng.permutation(idx)[: max(1, round(len(idx) * share))])
+    return np.sort(np.concatenate(picked))
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")

@@ -1,0 +1,224 @@
+"""Tests for nasflow.data: digits, ImageFolder directories/archives, subsets, splits, cache, errors."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nasflow import data
+from nasflow.config import DatasetConfig
+from nasflow.data import Dataset, clear_dataset_memo, load_dataset
+from nasflow.errors import DatasetError
+
+CLASSES = ("cat", "dog", "fox")
+PER_CLASS = 6
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo():
+    # Each test builds its own files; a memo hit from another test would hide what is tested.
+    clear_dataset_memo()
+    yield
+    clear_dataset_memo()
+
+
+def _png(value: int, size: int = 10) -> bytes:
+    arr = np.full((size, size, 3), value, dtype=np.uint8)
+    arr[0, 0] = (255 - value, value, 0)  # some variation so the std is not zero
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _tree_files(prefix: str = "") -> dict[str, bytes]:
+    return {
+        f"{prefix}{cls}/{i:02d}.png": _png(40 * c + 5 * i)
+        for c, cls in enumerate(CLASSES)
+        for i in range(PER_CLASS)
+    }
+
+
+def _write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, payload in files.items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(payload)
+    return root
+
+
+def _write_tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for rel, payload in files.items():
+            info = tarfile.TarInfo(rel)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    return path
+
+
+def _cfg(path: Path, tmp_path: Path, **kw) -> DatasetConfig:
+    return DatasetConfig(name="image_folder", path=path, cache_dir=tmp_path / "cache", **kw)
+
+
+@pytest.fixture
+def decode_counter(monkeypatch):
+    calls = []
+    real = data._decode_image
+
+    def counting(*args, **kwargs):
+        calls.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "_decode_image", counting)
+    return calls
+
+
+# ---------------------------------------------------------------- digits
+
+
+def test_digits_shapes_and_normalisation():
+    ds = load_dataset(DatasetConfig())
+    assert isinstance(ds, Dataset)
+    assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int64
+    assert ds.train_x.shape[1:] == (1, 8, 8)
+    assert len(ds.train_x) + len(ds.val_x) == 1797
+    assert len(ds.val_x) == pytest.approx(0.2 * 1797, abs=10)
+    assert ds.num_classes == 10 and ds.class_names == [str(i) for i in range(10)]
+    assert ds.in_channels == 1 and ds.image_size == 8 and ds.input_shape == (1, 1, 8, 8)
+    assert abs(float(ds.train_x.mean())) < 1e-4 and float(ds.train_x.std()) == pytest.approx(1.0, abs=1e-3)
+    assert 0 < ds.mean[0] < 1 and 0 < ds.std[0] < 1
+    assert set(np.unique(ds.val_y)) == set(range(10))
+
+
+def test_digits_memoised_and_seeded():
+    cfg = DatasetConfig(subset=300, seed=3)
+    first = load_dataset(cfg)
+    assert load_dataset(DatasetConfig(subset=300, seed=3)) is first
+    assert len(first.train_y) + len(first.val_y) == 300
+    assert np.bincount(np.concatenate([first.train_y, first.val_y])).min() >= 29  # stratified
+    other = load_dataset(DatasetConfig(subset=300, seed=4))
+    assert not np.array_equal(first.val_x, other.val_x)
+    clear_dataset_memo()
+    again = load_dataset(cfg)
+    assert again is not first and np.array_equal(again.val_x, first.val_x)
+
+
+def test_digits_resize():
+    ds = load_dataset(DatasetConfig(image_size=16, subset=100))
+    assert ds.input_shape == (1, 1, 16, 16)
+
+
+# ---------------------------------------------------------------- image folders
+
+
+def test_directory_layout(tmp_path):
+    root = _write_tree(tmp_path / "pets", _tree_files())
+    ds = load_dataset(_cfg(root, tmp_path))
+    assert ds.class_names == list(CLASSES) and ds.num_classes == 3
+    assert ds.train_x.shape[1:] == (3, 10, 10) and ds.train_x.dtype == np.float32
+    assert len(ds.train_y) + len(ds.val_y) == 18
+    assert np.bincount(ds.val_y).tolist() == [1, 1, 1]  # round(6 * 0.2) per class
+    assert len(ds.mean) == 3 and ds.name == "pets"
+
+
+def test_tar_with_wrapper_folder_and_split(tmp_path):
+    files = _tree_files("bundle/train/") | _tree_files("bundle/test/")
+    archive = _write_tar(tmp_path / "pets.tar.gz", files)
+    ds = load_dataset(_cfg(archive, tmp_path, split="train", image_size=6, val_split=0.5))
+    assert ds.input_shape == (1, 3, 6, 6)
+    assert ds.class_names == list(CLASSES)
+    assert np.bincount(ds.train_y).tolist() == [3, 3, 3] and np.bincount(ds.val_y).tolist() == [3, 3, 3]
+    assert ds.name == "pets/train"
+
+
+def test_subset_decodes_only_kept_files(tmp_path, decode_counter):
+    archive = _write_tar(tmp_path / "pets.tgz", _tree_files())
+    ds = load_dataset(_cfg(archive, tmp_path, subset=9))
+    assert len(decode_counter) == 9
+    labels = np.concatenate([ds.train_y, ds.val_y])
+    assert np.bincount(labels).tolist() == [3, 3, 3]
+
+
+def test_cache_hit_skips_decoding(tmp_path, decode_counter):
+    root = _write_tree(tmp_path / "pets", _tree_files())
+    cfg = _cfg(root, tmp_path, subset=12, seed=1)
+    first = load_dataset(cfg)
+    assert len(decode_counter) == 12
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    clear_dataset_memo()
+    second = load_dataset(cfg)
+    assert len(decode_counter) == 12  # nothing decoded the second time
+    assert np.array_equal(first.train_x, second.train_x) and first.class_names == second.class_names
+    load_dataset(_cfg(root, tmp_path, subset=12, seed=2))  # another key: decoded again
+    assert len(decode_counter) == 24
+
+
+def test_missing_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(DatasetError, match=f"dataset path '{missing}' does not exist"):
+        load_dataset(_cfg(missing, tmp_path))
+
+
+def test_path_that_is_not_dir_or_tar(tmp_path):
+    bogus = tmp_path / "notes.txt"
+    bogus.write_text("hello")
+    with pytest.raises(DatasetError, match="neither a directory nor a tar archive"):
+        load_dataset(_cfg(bogus, tmp_path))
+
+
+def test_no_class_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no class folders with images"):
+        load_dataset(_cfg(tmp_path / "empty", tmp_path))
+
+
+def test_nested_split_without_split_option_hints(tmp_path):
+    root = _write_tree(tmp_path / "ds", _tree_files("train/") | _tree_files("test/"))
+    with pytest.raises(DatasetError, match="'test', 'train' - set dataset.split"):
+        load_dataset(_cfg(root, tmp_path))
+
+
+def test_missing_split_lists_available(tmp_path):
+    archive = _write_tar(tmp_path / "pets.tar", _tree_files("train/") | _tree_files("test/"))
+    with pytest.raises(DatasetError, match="split 'val' not found .*available folders: 'test', 'train'"):
+        load_dataset(_cfg(archive, tmp_path, split="val"))
+
+
+def test_corrupt_image_named(tmp_path):
+    files = _tree_files()
+    files["dog/03.png"] = b"\x89PNG\r\n\x1a\n this is not really a png"
+    archive = _write_tar(tmp_path / "pets.tar.gz", files)
+    with pytest.raises(DatasetError, match="cannot decode image 'dog/03.png'"):
+        load_dataset(_cfg(archive, tmp_path))
+
+
+def test_mixed_sizes_need_image_size(tmp_path):
+    files = _tree_files()
+    files["fox/00.png"] = _png(10, size=12)
+    root = _write_tree(tmp_path / "pets", files)
+    with pytest.raises(DatasetError, match="differ in size"):
+        load_dataset(_cfg(root, tmp_path))
+    assert load_dataset(_cfg(root, tmp_path, image_size=8)).image_size == 8
+
+
+def test_real_cifar_subset(tmp_path):
+    if not CIFAR.is_file():
+        pytest.skip(f"real CIFAR-10 archive not available at {CIFAR}")
+    ds = load_dataset(_cfg(CIFAR, tmp_path, split="train", subset=200))
+    assert ds.input_shape == (1, 3, 32, 32) and ds.num_classes == 10
+    assert len(ds.train_y) + len(ds.val_y) == 200
+    assert np.bincount(ds.val_y, minlength=10).tolist() == [4] * 10
+    assert all(abs(m - ref) < 0.05 for m, ref in zip(ds.mean, (0.4917, 0.4826, 0.4472)))
+
+
+def test_truncated_archive(tmp_path):
+    archive = _write_tar(tmp_path / "pets.tar.gz", _tree_files())
+    payload = archive.read_bytes()
+    archive.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DatasetError, match="cannot read archive .*pets.tar.gz"):
+        load_dataset(_cfg(archive, tmp_path))

@@ -1,0 +1,277 @@
+"""Tests for the MorphNet compressor: costs, regulariser, exact shrinking/expanding, and a real run on digits."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from nasflow.config import DatasetConfig, TrainConfig
+from nasflow.data import load_dataset
+from nasflow.errors import PluginError
+from nasflow.plugin_api import CompressContext, CompressResult
+from nasflow.plugins import get_plugins
+from nasflow.plugins.compress.morphnet import (
+    MorphNetCompressor,
+    channel_costs,
+    channel_groups,
+    make_regulariser,
+    shrink,
+)
+from nasflow.space import ArchNet, InvertedResidual, build_model, count_macs, format_arch, parse_arch
+from nasflow.train import evaluate, train_model
+
+# Block 0: residual with SE; 1: strided; 2: residual hswish; 3: no expand conv (e1); 4: residual, no SE.
+ARCH = "stem_c8_s1-ir_k3_e3_c8_s1_se0.25-ir_k5_e2_c12_s2-ir_k3_e3_c12_s1_ahswish-ir_k3_e1_c12_s1-ir_k3_e4_c12_s1-head_c16"
+
+
+def _trained_like(text: str = ARCH, seed: int = 0) -> ArchNet:
+    """A model in eval mode whose BN layers carry non-trivial statistics, as after training."""
+    torch.manual_seed(seed)
+    model = build_model(parse_arch(text), 1, 10)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _silence(bn: nn.BatchNorm2d, channels, beta: float = 0.0) -> None:
+    with torch.no_grad():
+        bn.weight[channels] = 0.0
+        bn.bias[channels] = beta
+
+
+def _outputs(model: nn.Module, seed: int = 1) -> torch.Tensor:
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset(DatasetConfig())
+
+
+# ---------------------------------------------------------------- options and registration
+
+
+def test_options_defaults_and_validation():
+    opts = MorphNetCompressor.Options()
+    assert (opts.target, opts.threshold, opts.reg_epochs, opts.finetune_epochs) == ("flops", 1e-2, 3, 2)
+    assert (opts.width_multiplier, opts.min_channels) == (1.0, 1) and opts.strength > 0
+    with pytest.raises(ValidationError):
+        MorphNetCompressor.Options(unknown=1)
+    with pytest.raises(ValidationError):
+        MorphNetCompressor.Options(target="latency")
+    with pytest.raises(ValidationError):
+        opts.strength = 1.0  # frozen
+
+
+def test_registered_as_builtin_compressor():
+    info = get_plugins().get("compressor", "morphnet")
+    assert info.cls is MorphNetCompressor and info.description
+
+
+# ---------------------------------------------------------------- groups, costs, regulariser
+
+
+def test_channel_groups():
+    groups = channel_groups(parse_arch(ARCH))
+    assert [g.name for g in groups] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4", "head"]
+    assert [g.width for g in groups] == [24, 16, 36, 48, 16]
+    assert [g.can_vanish for g in groups] == [True, False, True, True, False]
+
+
+def test_channel_costs_are_exact_per_channel_resources():
+    arch = parse_arch("stem_c4_s1-ir_k5_e3_c6_s2-head_c8")
+    flops = channel_costs(arch, 1, 10, 8, "flops")
+    # expand at 8x8 from 4 inputs, depthwise 5x5 and project to 6 at 4x4.
+    assert flops["blocks.0"] == 4 * 64 + 25 * 16 + 6 * 16
+    assert flops["head"] == 6 * 16 + 10
+    size = channel_costs(arch, 1, 10, 8, "size")
+    assert size["blocks.0"] == 4 + 25 + 6 + 4  # weights plus two BN scale/shift pairs
+    assert size["head"] == 6 + 10 + 2
+    # Dropping one mid channel lowers the MACs by exactly the cost.
+    fewer = parse_arch("stem_c4_s1-ir_k5_m11_c6_s2-head_c8")
+    assert count_macs(arch, 1, 10, 8) - count_macs(fewer, 1, 10, 8) == flops["blocks.0"]
+
+
+def test_regulariser_weights_gammas_by_relative_cost():
+    arch = parse_arch(ARCH)
+    model = build_model(arch, 1, 10)  # fresh BN: every gamma is 1
+    costs = channel_costs(arch, 1, 10, 8, "flops")
+    regulariser = make_regulariser(arch, costs, strength=0.5)
+    top = max(costs.values())
+    # The costliest channel weighs 1, so all-ones gammas give strength * sum of width * relative cost.
+    expected = 0.5 * sum(g.width * costs[g.name] / top for g in channel_groups(arch))
+    assert regulariser(model).item() == pytest.approx(expected)
+    assert top == costs["blocks.0"]  # full-resolution expand conv from 8 inputs
+    regulariser(model).backward()
+    grad_block0 = model.blocks[0].dw_bn.weight.grad
+    grad_head = model.head_bn.weight.grad
+    assert torch.all(grad_block0 > 0) and torch.all(grad_head > 0)
+    ratio = (grad_block0[0] / grad_head[0]).item()
+    assert ratio == pytest.approx(costs["blocks.0"] / costs["head"])
+    assert model.blocks[3].dw_bn.weight.grad is None  # no expand conv: not prunable
+
+
+# ---------------------------------------------------------------- shrink and expand
+
+
+def test_shrink_keeps_outputs_when_pruned_channels_are_silent():
+    model = _trained_like()
+    _silence(model.blocks[0].dw_bn, [1, 5, 7, 20])
+    _silence(model.blocks[1].dw_bn, list(range(10)))
+    _silence(model.blocks[2].dw_bn, [0, 35])
+    _silence(model.head_bn, [3, 4])
+    result = shrink(model, threshold=1e-2)
+    assert [p.width for p in result.plans] == [20, 6, 34, 48, 14]
+    assert result.blocks_removed == 0
+    assert format_arch(result.arch) == (
+        "stem_c8_s1-ir_k3_m20_c8_s1_se0.25-ir_k5_m6_c12_s2-ir_k3_m34_c12_s1_ahswish"
+        "-ir_k3_e1_c12_s1-ir_k3_m48_c12_s1-head_c14"
+    )
+    assert parse_arch(format_arch(result.arch)) == result.arch
+    assert result.model.arch == result.arch
+    torch.testing.assert_close(_outputs(result.model), _outputs(model), atol=1e-5, rtol=0)
+
+
+def test_block_with_all_zero_gammas_vanishes():
+    model = _trained_like()
+    block = model.blocks[2]
+    _silence(block.dw_bn, slice(None))
+    with torch.no_grad():  # the branch then adds only project_bn's constant; make that zero too
+        block.project_bn.bias.zero_()
+        block.project_bn.running_mean.zero_()
+    result = shrink(model, threshold=1e-2)
+    assert result.blocks_removed == 1
+    assert result.arch.blocks[2].kind == "skip"
+    assert "-skip_c12-" in format_arch(result.arch)
+    assert isinstance(result.model.blocks[2], nn.Identity)
+    torch.testing.assert_close(_outputs(result.model), _outputs(model), atol=1e-5, rtol=0)
+
+
+def test_non_residual_block_keeps_min_channels():
+    model = _trained_like()
+    with torch.no_grad():
+        model.blocks[1].dw_bn.weight.mul_(1e-3)  # strided block: may shrink but never vanish
+    result = shrink(model, threshold=1e-2, min_channels=3)
+    plan = result.plans[1]
+    assert plan.alive == 0 and plan.width == 3 and result.arch.blocks[1].kind == "ir"
+    strongest = model.blocks[1].dw_bn.weight.abs().topk(3).indices.sort().values
+    assert torch.equal(plan.keep, strongest)
+
+
+def test_mid_never_collapses_onto_the_input_width():
+    model = _trained_like()
+    _silence(model.blocks[0].dw_bn, list(range(16)))  # 8 survivors == 8 block inputs
+    result = shrink(model, threshold=1e-2)
+    assert result.plans[0].width == 9  # keeps the expand conv the weights were trained with
+    assert isinstance(result.model.blocks[0], InvertedResidual) and result.model.blocks[0].expand is not None
+
+
+def test_dropped_channel_constants_are_folded():
+    model = _trained_like()
+    # gamma = 0 but beta != 0: each dropped channel emits a constant that the next layer absorbs.
+    _silence(model.blocks[4].dw_bn, [0, 9, 30], beta=0.7)
+    _silence(model.blocks[2].dw_bn, [2, 3], beta=-0.3)
+    _silence(model.head_bn, [0, 15], beta=0.4)
+    result = shrink(model, threshold=1e-2)
+    assert [p.width for p in result.plans] == [24, 16, 34, 45, 14]
+    torch.testing.assert_close(_outputs(result.model), _outputs(model), atol=1e-5, rtol=0)
+
+
+def test_expand_step_scales_widths_and_starts_from_the_shrunk_function():
+    model = _trained_like()
+    _silence(model.blocks[0].dw_bn, list(range(12)))
+    _silence(model.head_bn, list(range(8)))
+    result = shrink(model, threshold=1e-2, width_multiplier=1.5)
+    assert [p.width for p in result.plans] == [18, 24, 54, 72, 12]
+    assert [len(p.keep) for p in result.plans] == [12, 16, 36, 48, 8]
+    torch.testing.assert_close(_outputs(result.model), _outputs(model), atol=1e-5, rtol=0)
+    new_rows = result.model.blocks[0].dw.weight[12:]
+    assert new_rows.abs().sum() > 0  # new channels are freshly initialised, not copies
+
+
+def test_width_multiplier_below_one_keeps_the_strongest_channels():
+    model = _trained_like()
+    result = shrink(model, threshold=1e-2, width_multiplier=0.5)
+    assert [p.width for p in result.plans] == [12, 9, 18, 24, 8]  # blocks.1: 8 would equal its input width
+    gamma = model.head_bn.weight.abs()
+    assert torch.equal(result.plans[-1].keep, gamma.topk(8).indices.sort().values)
+
+
+def test_shrink_does_not_touch_the_parent():
+    model = _trained_like()
+    _silence(model.blocks[0].dw_bn, [0, 1])
+    before = copy.deepcopy(model.state_dict())
+    shrink(model, threshold=1e-2, width_multiplier=2.0)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+# ---------------------------------------------------------------- the plugin
+
+
+def _context(model, digits, **kwargs) -> CompressContext:
+    return CompressContext(model, model.arch, digits, TrainConfig(batch_size=64), digits.input_shape, **kwargs)
+
+
+def test_compress_without_training_is_an_exact_shrink(digits):
+    model = _trained_like()
+    _silence(model.blocks[2].dw_bn, slice(None))
+    with torch.no_grad():
+        model.blocks[2].project_bn.bias.zero_()
+        model.blocks[2].project_bn.running_mean.zero_()
+    _silence(model.blocks[4].dw_bn, list(range(40)))
+    compressor = MorphNetCompressor(MorphNetCompressor.Options(reg_epochs=0, finetune_epochs=0))
+    result = compressor.compress(_context(model, digits))
+    assert isinstance(result, CompressResult)
+    assert result.stats["blocks_removed"] == 1 and result.arch.blocks[2].kind == "skip"
+    assert result.stats["channels_after"]["blocks.4"] == 8
+    assert result.stats["macs_after"] < result.stats["macs_before"]
+    assert (result.val_accuracy, result.val_loss) == pytest.approx(evaluate(model, digits))
+
+
+def test_compress_prunes_on_digits(digits):
+    torch.manual_seed(0)
+    arch = parse_arch("stem_c8_s1-ir_k3_e4_c8_s1-ir_k3_e4_c12_s2-ir_k3_e4_c12_s1-head_c32")
+    model = build_model(arch, 1, 10)
+    train_model(model, digits, TrainConfig(batch_size=64), epochs=3)  # a briefly trained parent
+    before = copy.deepcopy(model.state_dict())
+    steps = []
+    options = MorphNetCompressor.Options(strength=0.4, reg_epochs=2, finetune_epochs=2)
+    result = MorphNetCompressor(options).compress(
+        _context(model, digits, progress=lambda step, done, total: steps.append((step, done, total)))
+    )
+    stats = result.stats
+    assert stats["macs_after"] < 0.7 * stats["macs_before"]
+    assert stats["params_after"] < stats["params_before"]
+    assert sum(stats["channels_after"].values()) < sum(stats["channels_before"].values())
+    assert stats["target"] == "flops" and stats["child_arch"] == format_arch(result.arch)
+    assert parse_arch(format_arch(result.arch)) == result.arch
+    assert isinstance(result.model, ArchNet) and result.model.arch == result.arch
+    # The flows save state_dicts and reload them into a model built from the child's string.
+    build_model(parse_arch(stats["child_arch"]), 1, 10).load_state_dict(result.model.state_dict())
+    assert result.val_accuracy > 0.5  # far above chance (0.1) after a short fine-tune
+    assert ("regularise", 2, 2) in steps and ("shrink", 1, 1) in steps and steps[-1] == ("finetune", 2, 2)
+    for key, value in model.state_dict().items():  # the trained parent is left as it was
+        assert torch.equal(value, before[key]), key
+
+
+def test_compress_rejects_foreign_models(digits):
+    compressor = MorphNetCompressor()
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with pytest.raises(PluginError, match="build_model"):
+        compressor.compress(CompressContext(plain, parse_arch(ARCH), digits, TrainConfig(), digits.input_shape))
+    model = _trained_like()
+    other = parse_arch("stem_c8_s1-head_c16")
+    with pytest.raises(PluginError, match="context says"):
+        compressor.compress(CompressContext(model, other, digits, TrainConfig(), digits.input_shape))

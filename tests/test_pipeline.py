@@ -1,0 +1,98 @@
+"""End to end: a real Prefect flow run of every stage, recorded in a real DuckDB registry."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from nasflow.flows.pipeline import run_spec
+from nasflow.registry import Registry
+from nasflow.spec import load_spec
+
+from .conftest import tiny_spec_text
+
+
+def stage_counts(registry, run_id):
+    _, rows = registry.query(
+        "SELECT stage, count(*) FROM candidates WHERE run_id = ? GROUP BY stage ORDER BY stage", [run_id]
+    )
+    return dict(rows)
+
+
+def test_full_pipeline_then_resume(tiny_spec):
+    loaded = load_spec(tiny_spec)
+    summary = run_spec(loaded)
+    registry = Registry(loaded.spec.registry.path)
+    run = registry.get_run(summary.run_id)
+    assert run["status"] == "finished" and not summary.resumed
+
+    counts = stage_counts(registry, summary.run_id)
+    assert counts["search"] == len({r["arch_hash"] for r in registry.get_candidates(summary.run_id, stage="search")})
+    assert 1 <= counts["search"] <= 6 and counts["train"] == 1 and counts["morph"] == 1
+
+    # every successful candidate has a real measurement on both devices
+    _, rows = registry.query(
+        """SELECT c.stage, m.device, m.source, m.median_ms, m.runs FROM candidates c
+           JOIN measurements m USING (candidate_id) WHERE c.run_id = ? AND m.artifact_id IS NULL""",
+        [summary.run_id],
+    )
+    devices = {(stage, device) for stage, device, *_ in rows}
+    assert {("search", "torch-cpu"), ("search", "onnxruntime-cpu"), ("morph", "torch-cpu")} <= devices
+    assert all(source == "measured" and median > 0 and runs >= 1 for _, _, source, median, runs in rows)
+
+    # lineage: search -> train -> morph
+    train = registry.get_candidates(summary.run_id, stage="train")[0]
+    morph = registry.get_candidates(summary.run_id, stage="morph")[0]
+    parent_ids = {c["candidate_id"] for c in registry.get_candidates(summary.run_id, stage="search")}
+    assert train["parent_id"] in parent_ids and morph["parent_id"] == train["candidate_id"]
+    assert morph["macs"] <= train["macs"]
+
+    # deploy: a verified ONNX file whose sha256 matches the registry, timed as an artifact
+    artifacts = registry.get_artifacts(summary.run_id)
+    assert len(artifacts) == 1 and artifacts[0]["verified"]
+    data = Path(artifacts[0]["path"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == artifacts[0]["sha256"]
+    _, onnx_rows = registry.query(
+        "SELECT device, artifact_format, source FROM measurements WHERE artifact_id = ?",
+        [artifacts[0]["artifact_id"]],
+    )
+    assert onnx_rows == [("onnxruntime-cpu", "onnx", "measured")]
+    assert summary.front, "the Pareto front is empty"
+
+    # re-running the same spec resumes: nothing duplicated, nothing retrained
+    before = {t: registry.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in ("candidates", "measurements", "artifacts")}
+    ckpt = Path(train["extra"]["checkpoint"])
+    mtime = ckpt.stat().st_mtime_ns
+    again = run_spec(load_spec(tiny_spec))
+    assert again.resumed and again.run_id == summary.run_id
+    after = {t: registry.query(f"SELECT count(*) FROM {t}")[1][0][0] for t in ("candidates", "measurements", "artifacts")}
+    assert after == before
+    assert again.stages["search"]["evaluated"] == 0 and again.stages["train"]["trained"] == 0
+    assert again.stages["morph"]["compressed"] == 0
+    assert ckpt.stat().st_mtime_ns == mtime
+
+
+def test_stages_can_be_switched_off(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(tiny_spec_text(tmp_path, name="only-search", profile=False, train=False, morph=False, deploy=False))
+    summary = run_spec(load_spec(path))
+    assert set(summary.stages) == {"search"}
+    registry = Registry(tmp_path / "registry.duckdb")
+    assert set(stage_counts(registry, summary.run_id)) == {"search"}
+    assert registry.get_artifacts(summary.run_id) == []
+
+
+def test_dask_cluster_gives_the_same_rows_as_threads(tmp_path):
+    pytest.importorskip("prefect_dask")
+    results = {}
+    for runner in ("thread", "dask"):
+        folder = tmp_path / runner
+        folder.mkdir()
+        path = folder / "s.yaml"
+        path.write_text(
+            tiny_spec_text(folder, name="same", runner=runner, profile=False, train=False, morph=False, deploy=False)
+        )
+        summary = run_spec(load_spec(path))
+        rows = Registry(folder / "registry.duckdb").get_candidates(summary.run_id, stage="search")
+        results[runner] = sorted((r["arch"], r["status"], r["params"], r["macs"], round(r["accuracy"], 6)) for r in rows)
+    assert results["thread"] == results["dask"]

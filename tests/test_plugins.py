@@ -1,0 +1,104 @@
+"""Plugin discovery through real distributions (dist-info entry points on sys.path), as pip leaves them."""
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nasflow import hookspecs
+from nasflow.plugins import BUILTIN_MODULES, get_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_PLUGIN = ROOT / "examples" / "nasflow-torchscript-device" / "nasflow_torchscript" / "__init__.py"
+
+
+def install_dist(site: Path, dist: str, version: str, module: str, source: str, entry_name: str) -> None:
+    """Lay out a distribution the way pip installs one: a module plus its .dist-info with entry points."""
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(f"[nasflow]\n{entry_name} = {module}\n")
+    (info / "RECORD").write_text("")
+
+
+@pytest.fixture
+def site(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    install_dist(site, "nasflow-torchscript", "0.1.0", "nasflow_torchscript", EXAMPLE_PLUGIN.read_text(), "torchscript")
+    install_dist(site, "broken-dist", "9.9", "broken_plugin", "raise ImportError('libfoo.so not found')\n", "broken")
+    return site
+
+
+def nasflow_cli(site: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(site), **env_extra}
+    if "NASFLOW_DISABLE_PLUGIN_AUTOLOAD" not in env_extra:
+        env.pop("NASFLOW_DISABLE_PLUGIN_AUTOLOAD", None)
+    return subprocess.run([sys.executable, "-m", "nasflow.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_third_party_plugin_is_listed_and_broken_one_named(site):
+    result = nasflow_cli(site, "plugins")
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if "torchscript-cpu" in l)
+    assert line.split()[:4] == ["device", "torchscript-cpu", "nasflow-torchscript", "0.1.0"]
+    assert "broken" in result.stderr and "broken-dist" in result.stderr and "libfoo.so not found" in result.stderr
+    assert "Traceback" not in result.stderr
+    builtin = [l.split()[:3] for l in result.stdout.splitlines() if l.startswith(("search", "device", "compressor"))]
+    assert ["search", "evolution", "nasflow"] in builtin and ["compressor", "morphnet", "nasflow"] in builtin
+
+
+def test_third_party_device_usable_in_a_spec(site, tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\ndevices:\n  - name: torchscript-cpu\n    options: {threads: 1}\n")
+    ok = nasflow_cli(site, "validate", str(spec))
+    assert ok.returncode == 0, ok.stderr
+    spec.write_text("name: t\ndevices:\n  - name: torchscript-cpu\n    options: {threads: 0}\n")
+    bad = nasflow_cli(site, "validate", str(spec))
+    assert bad.returncode == 2 and "threads" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_autoload_can_be_disabled(site):
+    result = nasflow_cli(site, "plugins", NASFLOW_DISABLE_PLUGIN_AUTOLOAD="1")
+    assert result.returncode == 0
+    assert "torchscript-cpu" not in result.stdout and "broken" not in result.stderr
+
+
+def test_example_plugin_measures_for_real(site, monkeypatch):
+    monkeypatch.syspath_prepend(str(site))
+    from nasflow_torchscript import TorchScriptCPU
+
+    from nasflow.config import SpaceConfig
+    from nasflow.space import LayerwiseSpace, build_model
+
+    space = LayerwiseSpace(SpaceConfig())
+    model = build_model(space.to_arch(space.sample(__import__("random").Random(0))), 1, 10)
+    m = TorchScriptCPU().measure_model(model, (1, 1, 8, 8))
+    assert m.source == "measured" and m.stats.median_ms > 0 and m.fingerprint["threads"] == 1
+
+
+def test_readme_quotes_the_example_plugin_verbatim():
+    readme = (ROOT / "README.md").read_text()
+    assert EXAMPLE_PLUGIN.read_text().strip() in readme
+
+
+def test_every_hookspec_is_documented_and_implemented_by_a_builtin():
+    specs = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("nasflow_")]
+    assert sorted(specs) == sorted(hookspecs.KIND_HOOKS.values())
+    plugins = get_plugins()
+    for name in specs:
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
+        implementers = [impl.plugin_name for impl in getattr(plugins.manager.hook, name).get_hookimpls()]
+        assert any(i in BUILTIN_MODULES for i in implementers), f"{name} has no built-in implementation"
+
+
+def test_unknown_plugin_error_lists_choices():
+    from nasflow.errors import PluginError
+
+    with pytest.raises(PluginError, match="'evolutoin' is not a registered search strategy; available: evolution, random"):
+        get_plugins().get("search", "evolutoin")

@@ -1,0 +1,123 @@
+"""Spec validation: unknown keys, YAML line numbers, plugin names and options checked up front."""
+
+import textwrap
+
+import pytest
+
+from nasflow.errors import SpecError
+from nasflow.spec import load_spec, parse_spec
+
+GOOD = """\
+name: demo
+devices:
+  - name: torch-cpu
+    options: {threads: 1}
+search:
+  strategy: evolution
+  budget: 4
+  options: {population_size: 4, sample_size: 2}
+objectives:
+  reward: mnasnet
+  target_ms: 1.0
+"""
+
+
+def test_good_spec_validates_with_defaults():
+    spec = parse_spec(GOOD)
+    assert spec.search.strategy == "evolution"
+    assert spec.objective_device == "torch-cpu"
+    assert spec.run_id().startswith("demo-")
+
+
+def test_run_id_ignores_comments_and_formatting():
+    assert parse_spec(GOOD).run_id() == parse_spec("# comment\n" + GOOD.replace("budget: 4", "budget:   4")).run_id()
+    assert parse_spec(GOOD).run_id() != parse_spec(GOOD.replace("budget: 4", "budget: 5")).run_id()
+
+
+def test_unknown_key_is_named_with_its_line():
+    text = GOOD.replace("  budget: 4\n", "  budget: 4\n  budgett: 5\n")
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, "s.yaml")
+    assert "s.yaml:8: search.budgett: unknown key" in str(err.value)
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(SpecError, match=r"s.yaml:1: colour: unknown key"):
+        parse_spec("colour: red\n" + GOOD, "s.yaml")
+
+
+def test_misspelled_strategy_lists_choices():
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD.replace("strategy: evolution", "strategy: evolutoin"), "s.yaml")
+    message = str(err.value)
+    assert "s.yaml:6: search.strategy:" in message
+    assert "'evolutoin' is not a registered search strategy; available: evolution, random" in message
+
+
+def test_plugin_options_validated_by_the_plugin_model():
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD.replace("sample_size: 2", "sample_size: 9"), "s.yaml")
+    assert "search.options" in str(err.value) and "sample_size must not exceed population_size" in str(err.value)
+    with pytest.raises(SpecError, match="threads"):
+        parse_spec(GOOD.replace("threads: 1", "threads: 0"), "s.yaml")
+    with pytest.raises(SpecError, match=r"devices\[0\]\.options.*invalid options for device backend 'torch-cpu': colour"):
+        parse_spec(GOOD.replace("threads: 1", "colour: 1"), "s.yaml")
+
+
+def test_unknown_device_and_compressor():
+    with pytest.raises(SpecError, match=r"s.yaml:3: devices\[0\]\.name: 'tpu9' is not a registered device backend"):
+        parse_spec(GOOD.replace("name: torch-cpu", "name: tpu9"), "s.yaml")
+    with pytest.raises(SpecError, match=r"morph\.compressor: 'zip' is not a registered compressor; available: morphnet"):
+        parse_spec(GOOD + "morph: {compressor: zip}\n", "s.yaml")
+
+
+def test_type_errors_and_missing_required_fields():
+    with pytest.raises(SpecError, match=r"s.yaml:7: search.budget: Input should be a valid integer"):
+        parse_spec(GOOD.replace("budget: 4", "budget: many"), "s.yaml")
+    with pytest.raises(SpecError, match=r"name: required key is missing"):
+        parse_spec(GOOD.replace("name: demo\n", ""), "s.yaml")
+    with pytest.raises(SpecError, match="target_ms is required"):
+        parse_spec(GOOD.replace("  target_ms: 1.0\n", ""), "s.yaml")
+
+
+def test_malformed_yaml_points_at_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: demo\nsearch:\n  budget: [1, 2\n")
+    with pytest.raises(SpecError, match=r"bad.yaml:\d+:\d+: malformed YAML"):
+        load_spec(path)
+
+
+def test_missing_file_and_non_mapping(tmp_path):
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "nope.yaml")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        parse_spec("- a\n- b\n")
+    with pytest.raises(SpecError, match="empty"):
+        parse_spec("")
+
+
+def test_missing_dataset_path_is_caught_at_validation(tmp_path):
+    text = GOOD + textwrap.dedent(f"""\
+        dataset:
+          name: image_folder
+          path: {tmp_path / 'missing.tar.gz'}
+        """)
+    with pytest.raises(SpecError, match=r"dataset.path: '.*missing.tar.gz' does not exist"):
+        parse_spec(text, "s.yaml")
+
+
+def test_objective_device_must_be_listed_and_devices_unique():
+    with pytest.raises(SpecError, match="objectives.device 'gpu' is not in devices"):
+        parse_spec(GOOD.replace("reward: mnasnet", "device: gpu\n  reward: mnasnet"))
+    dup = GOOD.replace("devices:\n", "devices:\n  - name: torch-cpu\n")
+    with pytest.raises(SpecError, match="torch-cpu listed more than once"):
+        parse_spec(dup)
+
+
+def test_example_specs_validate():
+    from pathlib import Path
+
+    examples = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+    assert examples, "no example specs found"
+    for path in examples:
+        load_spec(path)
