@@ -193,16 +193,31 @@ def _fmt_num(value: float) -> str:
     return text
 
 
+_FIELD_NAMES = {"k": "kernel", "m": "mid channels", "c": "channels", "s": "stride", "e": "expansion", "se": "se ratio"}
+
+
 def _parse_value(key: str, raw: str) -> object:
+    """Convert and check one field at once, so a bad value is reported before missing fields."""
     if key == "a":
+        if raw not in ACTIVATIONS:
+            raise ArchError(f"activation must be one of {ACTIVATIONS}, got {raw!r}")
         return raw
+    name = _FIELD_NAMES[key]
     if key in ("e", "se"):
         if not _NUM.match(raw):
             raise ArchError(f"field {key!r} needs a decimal number, got {raw!r}")
-        return float(raw)
+        value = float(raw)
+        if key == "e" and value <= 0:
+            raise ArchError(f"expansion must be positive, got {value}")
+        if key == "se" and value > 1:
+            raise ArchError(f"se ratio must be in [0, 1], got {value}")
+        return value
     if not _INT.match(raw):
         raise ArchError(f"field {key!r} needs a positive integer, got {raw!r}")
-    return int(raw)
+    value = _positive_int(name, int(raw))
+    if key == "k" and value % 2 == 0:
+        raise ArchError(f"kernel must be odd, got {value}")
+    return value
 
 
 def _parse_fields(kind: str, parts: list[str]) -> dict[str, object]:

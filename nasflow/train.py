@@ -48,10 +48,9 @@ def train_model(
     x = torch.as_tensor(np.ascontiguousarray(dataset.train_x[keep])).to(device)
     y = torch.as_tensor(np.ascontiguousarray(dataset.train_y[keep])).to(device)
     was_training = model.training
-    # Dropout and friends draw from the global RNG: seed it, but hand the caller's state back.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        done, train_loss = _fit(model, x, y, config, total_epochs, extra_loss, progress)
+    # Shuffling and augmentation use a local generator. The global RNG is left alone on purpose:
+    # training tasks share it across threads, so seeding it here would race with model init.
+    done, train_loss = _fit(model, x, y, config, total_epochs, extra_loss, progress)
     model.train(was_training)
     val_accuracy, val_loss = evaluate(model, dataset)
     return TrainResult(val_accuracy, val_loss, train_loss, done, time.perf_counter() - start)

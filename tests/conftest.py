@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def tiny_spec_text(tmp_path: Path, name: str = "tiny", runner: str = "thread", **stages: bool) -> str:
+def tiny_spec_text(
+    tmp_path: Path, name: str = "tiny", runner: str = "thread", objectives: str = "{reward: mnasnet, target_ms: 0.2}", **stages: bool
+) -> str:
     """A complete spec small enough for tests: 6 candidates, 1-epoch proxies, 2-epoch training."""
     enabled = {s: stages.get(s, True) for s in ("profile", "search", "train", "morph", "deploy")}
     return f"""\
@@ -28,7 +30,7 @@ space:
 devices:
   - {{name: torch-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
   - {{name: onnxruntime-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
-objectives: {{reward: mnasnet, target_ms: 0.2}}
+objectives: {objectives}
 profile: {{enabled: {str(enabled['profile']).lower()}}}
 search:
   enabled: {str(enabled['search']).lower()}

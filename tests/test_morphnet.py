@@ -59,6 +59,16 @@ def digits():
     return load_dataset(DatasetConfig())
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Tiny models gain nothing from intra-op threads, and on a busy machine spinning threads
+    # slow the training tests down more than tenfold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------- options and registration
 
 

@@ -9,7 +9,7 @@ from nasflow.flows.pipeline import run_spec
 from nasflow.registry import Registry
 from nasflow.spec import load_spec
 
-from .conftest import tiny_spec_text
+from conftest import tiny_spec_text
 
 
 def stage_counts(registry, run_id):
@@ -90,7 +90,9 @@ def test_dask_cluster_gives_the_same_rows_as_threads(tmp_path):
         folder.mkdir()
         path = folder / "s.yaml"
         path.write_text(
-            tiny_spec_text(folder, name="same", runner=runner, profile=False, train=False, morph=False, deploy=False)
+            # accuracy-only scores: a latency-weighted score is noisy, so the search path could differ
+            tiny_spec_text(folder, name="same", runner=runner, objectives="{reward: accuracy}",
+                           profile=False, train=False, morph=False, deploy=False)
         )
         summary = run_spec(load_spec(path))
         rows = Registry(folder / "registry.duckdb").get_candidates(summary.run_id, stage="search")

@@ -81,6 +81,7 @@ def test_parsed_record_fields():
     "text, token, position, reason",
     [
         ("stem_c16_s1-ir_k4_e6_c24_s1-head_c8", "ir_k4_e6_c24_s1", 1, "kernel must be odd"),
+        ("stem_c8_s1-ir_k3_e6_c8_s1-skip_c8-ir_k4_e6-head_c8", "ir_k4_e6", 3, "kernel must be odd, got 4"),
         ("stem_c16_s1-ir_k3_e6_c24_s1-ir_k3_e6_c24-head_c8", "ir_k3_e6_c24", 2, "missing field(s) s"),
         ("stem_c16_s1-ir_k3_e6_m3_c24_s1-head_c8", "ir_k3_e6_m3_c24_s1", 1, "exactly one of e"),
         ("stem_c16_s1-ir_k3_c24_s1-head_c8", "ir_k3_c24_s1", 1, "exactly one of e"),

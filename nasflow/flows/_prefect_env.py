@@ -14,6 +14,9 @@ _DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
     "PREFECT_TASKS_REFRESH_CACHE": "false",
+    # dask.distributed logs cluster start/stop at INFO to stderr; only real problems should show.
+    "DASK_LOGGING__DISTRIBUTED": "error",
+    "DASK_DISTRIBUTED__LOGGING__DISTRIBUTED": "error",
 }
 
 for _key, _value in _DEFAULTS.items():

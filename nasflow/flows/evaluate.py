@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from ..data import load_dataset
 from ..errors import NasflowError
 from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
-from ..space import Arch, build_model, count_macs, count_params, parse_arch
+from ..space import Arch, build_model, count_macs, count_params, format_arch, parse_arch
 
 
 def threads_per_task(workers: int) -> int:
@@ -31,9 +33,20 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def model_for(arch: Arch, dataset_cfg: DatasetConfig) -> torch.nn.Module:
+_INIT_LOCK = threading.Lock()
+
+
+def model_for(arch: Arch, dataset_cfg: DatasetConfig, seed: int = 0) -> torch.nn.Module:
+    """Build `arch` with weights initialised from `seed` and the architecture alone.
+
+    Initialisation draws from torch's global generator, which threads share: the lock and the
+    forked RNG make the weights independent of which worker built the model, and when.
+    """
     data = load_dataset(dataset_cfg)
-    return build_model(arch, data.in_channels, data.num_classes)
+    arch_seed = int(hashlib.sha256(f"{seed}/{format_arch(arch)}".encode()).hexdigest()[:8], 16)
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(arch_seed)
+        return build_model(arch, data.in_channels, data.num_classes)
 
 
 def arch_costs(arch: Arch, dataset_cfg: DatasetConfig) -> dict[str, int]:
@@ -62,7 +75,7 @@ def train_candidate(
     start = time.perf_counter()
     try:
         data = load_dataset(dataset_cfg)
-        model = build_model(parse_arch(arch), data.in_channels, data.num_classes)
+        model = model_for(parse_arch(arch), dataset_cfg, train_cfg.seed)
         result = train_model(model, data, train_cfg, epochs=epochs, subset=subset)
         if checkpoint:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
