@@ -102,3 +102,9 @@ def test_unknown_plugin_error_lists_choices():
 
     with pytest.raises(PluginError, match="'evolutoin' is not a registered search strategy; available: evolution, random"):
         get_plugins().get("search", "evolutoin")
+
+
+def test_readme_registry_schema_matches_the_code():
+    from nasflow.registry import schema_markdown
+
+    assert schema_markdown().strip() in (ROOT / "README.md").read_text()
