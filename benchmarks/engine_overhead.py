@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import types
 from contextlib import contextmanager
@@ -176,6 +175,25 @@ class Timers:
         return timed
 
 
+class _ClockReporter:
+    """Progress reporter that notes when the stage's loop starts and ends (splits flow setup/teardown off)."""
+
+    def __init__(self) -> None:
+        self.started = self.ended = None
+
+    def stage_start(self, stage, total, description=""):
+        self.started = time.perf_counter()
+
+    def advance(self, stage, n=1, info=""):
+        pass
+
+    def stage_end(self, stage, summary=""):
+        self.ended = time.perf_counter()
+
+    def message(self, text):
+        pass
+
+
 class _TimedFuture:
     def __init__(self, future, timers: Timers):
         self._future, self._timers = future, timers
@@ -306,10 +324,60 @@ def _time_prefect_start() -> float:
     return time.perf_counter() - start
 
 
+def _tree_cpu_seconds() -> float | None:
+    """CPU seconds used so far by this process and its descendants (the Prefect ephemeral server); Linux only."""
+    try:
+        parents: dict[int, int] = {}
+        stats: dict[int, list[str]] = {}
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # the process ended meanwhile
+                parents[int(entry.name)] = int(fields[1])
+                stats[int(entry.name)] = fields
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            pid = frontier.pop()
+            children = [child for child, parent in parents.items() if parent == pid and child not in tree]
+            tree.update(children)
+            frontier += children
+        ticks = sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats)
+        return ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def wait_for_prefect_idle(max_wait: float = 120.0, window: float = 1.0, busy_share: float = 0.1) -> float:
+    """Wait until this process tree (Prefect's ephemeral server included) is nearly idle; returns seconds waited.
+
+    After a flow with many task runs returns, the ephemeral server goes on recording them for a while;
+    a flow run started meanwhile waits for it. Runs are measured from an idle server.
+    """
+    start = time.perf_counter()
+    before = _tree_cpu_seconds()
+    if before is None:
+        return 0.0
+    while time.perf_counter() - start < max_wait:
+        time.sleep(window)
+        after = _tree_cpu_seconds()
+        if after is None or after - before < busy_share * window:
+            break
+        before = after
+    return time.perf_counter() - start
+
+
 def _run_search(tmp: Path, name: str, candidates: int, batch_size: int, workers: int, timers: Timers) -> dict:
     from nasflow.flows.context import RunContext
     from nasflow.flows.runners import make_task_runner
     from nasflow.flows.search import search_stage
+    from nasflow.progress import using_reporter
     from nasflow.registry import Registry
     from nasflow.spec import parse_spec
 
@@ -319,9 +387,22 @@ def _run_search(tmp: Path, name: str, candidates: int, batch_size: int, workers:
     registry = Registry(spec.registry.path)
     registry.start_run(ctx.run_id, spec.name, spec.spec_hash(), text, spec.execution.runner, NASFLOW_VERSION)
     timers.reset()
-    start = time.perf_counter()
-    summary = search_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
-    wall = time.perf_counter() - start
+    clock = _ClockReporter()
+    tree_before, own_before = _tree_cpu_seconds(), _own_cpu_seconds()
+    with using_reporter(clock):
+        start = time.perf_counter()
+        summary = search_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
+        wall = time.perf_counter() - start
+    own_cpu = _own_cpu_seconds() - own_before
+    # Flow-run start and stage setup (dataset, space, strategy, devices, registry read), and the end.
+    timers.add("flow_setup", clock.started - start)
+    timers.add("flow_teardown", start + wall - clock.ended)
+    drain = wait_for_prefect_idle()
+    # CPU of the child processes (Prefect's ephemeral server), during the flow and until it went idle.
+    tree_after, own_after = _tree_cpu_seconds(), _own_cpu_seconds()
+    server_cpu = None
+    if tree_before is not None and tree_after is not None:
+        server_cpu = (tree_after - tree_before) - (own_after - own_before)
     registry.finish_run(ctx.run_id, "finished")
     _, rows = registry.query(
         "SELECT count(*), count(DISTINCT arch_hash), count(*) FILTER (WHERE status = 'ok') "
@@ -334,6 +415,9 @@ def _run_search(tmp: Path, name: str, candidates: int, batch_size: int, workers:
     )
     return {
         "wall": wall,
+        "prefect_drain": drain,
+        "own_cpu": own_cpu,
+        "server_cpu": server_cpu,
         "summary": summary,
         "candidate_rows": rows[0][0],
         "distinct_archs": rows[0][1],
@@ -366,11 +450,11 @@ def bench_overhead(tmp: Path, candidates: int, batch_sizes: list[int], workers: 
         for label, name in (
             ("registry_write_candidates", "add_candidates"),
             ("registry_write_measurements", "add_measurements"),
-            ("registry_read_candidates", "get_candidates"),
+            ("registry_write_evaluated", "add_evaluated"),  # candidates + measurements in one transaction
         ):
-            patches.append((Registry, name, timers.wrap(label, getattr(Registry, name))))
+            if hasattr(Registry, name):
+                patches.append((Registry, name, timers.wrap(label, getattr(Registry, name))))
         with _all_patched(patches):
-            prefect_start = _time_prefect_start()
             # Warm-up: first search flow run of the process (imports, dataset load, torch init).
             warm_start = time.perf_counter()
             _run_search(tmp, "warmup", max(batch_sizes) * 2, max(batch_sizes), workers, timers)
@@ -383,7 +467,6 @@ def bench_overhead(tmp: Path, candidates: int, batch_sizes: list[int], workers: 
         undo()
     space = LayerwiseSpace(parse_spec(overhead_spec_text(tmp, "x", 1, 1, 1), check_plugins=False).space)
     return {
-        "prefect_empty_first_flow_seconds": prefect_start,
         "warmup_search_seconds": warmup,
         "space_size": space.size(),
         "runs": runs,
@@ -406,10 +489,14 @@ def _overhead_entry(result: dict, candidates: int, batch_size: int, workers: int
     seconds = result["seconds"]
     model_build = seconds.get("model_build_for_measurement", 0.0)
     arch_costs = seconds.get("arch_costs", 0.0)
-    registry_write = seconds.get("registry_write_candidates", 0.0) + seconds.get("registry_write_measurements", 0.0)
+    registry_write = sum(
+        seconds.get(label, 0.0)
+        for label in ("registry_write_candidates", "registry_write_measurements", "registry_write_evaluated")
+    )
     submit, collect = seconds.get("prefect_submit", 0.0), seconds.get("prefect_collect", 0.0)
     accounted = model_build + arch_costs + registry_write + submit + collect + seconds.get("device_measure", 0.0)
-    accounted += seconds.get("registry_read_candidates", 0.0)
+    setup, teardown = seconds.get("flow_setup", 0.0), seconds.get("flow_teardown", 0.0)
+    accounted += setup + teardown
     breakdown = {
         "model_build_for_measurement": per(model_build),
         "arch_costs_params_macs": per(arch_costs),
@@ -417,10 +504,12 @@ def _overhead_entry(result: dict, candidates: int, batch_size: int, workers: int
         "prefect_task_submit": per(submit),
         "prefect_task_collect": per(collect),
         "registry_writes": per(registry_write),
-        "registry_reads": per(seconds.get("registry_read_candidates", 0.0)),
+        "flow_run_setup_and_teardown": per(setup + teardown),
         "other": per(result["wall"] - accounted),
     }
     overhead = per(result["wall"])
+    breakdown_total = sum(breakdown.values())
+    assert abs(breakdown_total - overhead) < 1e-6 * max(overhead, 1.0)
     return {
         "batch_size": batch_size,
         "workers": workers,
@@ -430,9 +519,16 @@ def _overhead_entry(result: dict, candidates: int, batch_size: int, workers: int
         "candidate_rows": result["candidate_rows"],
         "measurement_rows": result["measurement_rows"],
         "measurement_rows_estimated": result["estimated_rows"],
-        "registry_write_batches": result["calls"].get("registry_write_candidates", 0),
+        "registry_write_transactions": sum(
+            result["calls"].get(label, 0)
+            for label in ("registry_write_candidates", "registry_write_measurements", "registry_write_evaluated")
+        ),
         "wall_seconds": result["wall"],
+        "prefect_server_busy_after_flow_seconds": result["prefect_drain"],
+        "benchmark_process_cpu_ms_per_candidate": per(result["own_cpu"]),
+        "prefect_server_cpu_ms_per_candidate": None if result["server_cpu"] is None else per(result["server_cpu"]),
         "overhead_ms_per_candidate": overhead,
+        "overhead_ms_per_candidate_excluding_model_build": overhead - breakdown["model_build_for_measurement"],
         "breakdown_ms_per_candidate": breakdown,
         "target_ms_per_candidate": TARGET_OVERHEAD_MS,
         "meets_target": overhead <= TARGET_OVERHEAD_MS,
@@ -667,7 +763,10 @@ def format_report(report: dict) -> str:
             f"1. Search stage, zero-cost device and training ({overhead['runs'][0]['candidates_evaluated']} candidates, "
             f"thread runner, {overhead['runs'][0]['workers']} workers; ms per candidate)"
         )
-        header = ["batch", "total s", "ms/cand", "models", "costs", "submit", "collect", "registry", "other", "<=20 ms"]
+        header = [
+            "batch", "total s", "ms/cand", "models", "costs", "submit", "collect", "registry", "flow", "other",
+            "<=20 ms", "server busy after s",
+        ]
         rows = []
         for r in overhead["runs"]:
             b = r["breakdown_ms_per_candidate"]
@@ -675,8 +774,9 @@ def format_report(report: dict) -> str:
                 str(r["batch_size"]), f"{r['wall_seconds']:.1f}", f"{r['overhead_ms_per_candidate']:.2f}",
                 f"{b['model_build_for_measurement']:.2f}", f"{b['arch_costs_params_macs']:.2f}",
                 f"{b['prefect_task_submit']:.2f}", f"{b['prefect_task_collect']:.2f}",
-                f"{b['registry_writes'] + b['registry_reads']:.2f}", f"{b['other'] + b['null_device_measure']:.2f}",
-                "yes" if r["meets_target"] else "NO",
+                f"{b['registry_writes']:.2f}", f"{b['flow_run_setup_and_teardown']:.2f}",
+                f"{b['other'] + b['null_device_measure']:.2f}",
+                "yes" if r["meets_target"] else "NO", f"{r['prefect_server_busy_after_flow_seconds']:.0f}",
             ])
         lines += _table(header, rows)
         lines.append(

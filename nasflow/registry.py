@@ -398,16 +398,43 @@ class Registry:
         """Append LUT entries; existing keys are skipped, or overwritten with replace=True (re-profiling)."""
         return self._insert("lut", rows, replace=replace)
 
+    def add_evaluated(
+        self, candidates: list[dict[str, Any]], measurements: list[dict[str, Any]]
+    ) -> tuple[int, int]:
+        """Append candidates and their measurements in one transaction; returns (candidates, measurements) added.
+
+        Same rules as add_candidates and add_measurements, but both tables are written through one
+        connection (opening the file is the dominant cost of a small batch) and atomically: a crash
+        cannot leave candidates recorded without their measurements.
+        """
+        written = self._insert_tables([("candidates", candidates, False), ("measurements", measurements, False)])
+        return written[0], written[1]
+
     def _insert(self, table: str, rows: list[dict[str, Any]], replace: bool = False) -> int:
         """Insert a batch through an Arrow table in one transaction; returns the rows written."""
-        if not rows:
-            return 0
-        batch = _arrow_batch(table, _unique_rows(table, rows, keep_last=replace))
+        return self._insert_tables([(table, rows, replace)])[0]
+
+    def _insert_tables(self, batches: list[tuple[str, list[dict[str, Any]], bool]]) -> list[int]:
+        """Insert (table, rows, replace) batches in one transaction; returns the rows written per batch."""
+        # Every batch is converted (and checked) before the file is opened.
+        arrow = [
+            _arrow_batch(table, _unique_rows(table, rows, keep_last=replace)) if rows else None
+            for table, rows, replace in batches
+        ]
+        if all(batch is None for batch in arrow):
+            return [0] * len(batches)
+        written = []
         with self._writing() as con:
-            # The view dies with the connection, which closes right after this batch.
-            con.register(_BATCH_VIEW, batch)
-            written = con.execute(_insert_sql(table, batch.column_names, replace)).fetchone()
-        return int(written[0]) if written else 0
+            for (table, _, replace), batch in zip(batches, arrow):
+                if batch is None:
+                    written.append(0)
+                    continue
+                # The view dies with the connection, which closes right after these batches.
+                con.register(_BATCH_VIEW, batch)
+                row = con.execute(_insert_sql(table, batch.column_names, replace)).fetchone()
+                con.unregister(_BATCH_VIEW)
+                written.append(int(row[0]) if row else 0)
+        return written
 
     # --- reads -----------------------------------------------------------------------------
 

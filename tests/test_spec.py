@@ -135,3 +135,15 @@ def test_cifar_example_validates_when_the_shared_data_is_present(monkeypatch):
         pytest.skip("../shared/data/cifar10-jpeg.tar.gz is absent")
     monkeypatch.chdir(root)  # the example's dataset path is relative to the project root
     assert load_spec(root / "examples" / "cifar10.yaml").spec.dataset.name == "image_folder"
+
+
+def test_unusable_device_is_refused_at_validation_with_how_to_fix():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible here, so the cuda device is usable")
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD.replace("name: torch-cpu", "name: cuda").replace("threads: 1", "batch_size: 1"), "s.yaml")
+    message = str(err.value)
+    assert "s.yaml:3: devices[0].name: device 'cuda' is not usable here" in message
+    assert "CUDA" in message and "install" in message

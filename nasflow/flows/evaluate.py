@@ -18,7 +18,7 @@ from ..data import load_dataset
 from ..errors import NasflowError
 from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
-from ..space import Arch, build_model, count_macs, count_params, format_arch, parse_arch
+from ..space import Arch, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
 
 
 def threads_per_task(workers: int) -> int:
@@ -50,10 +50,11 @@ def model_for(arch: Arch, dataset_cfg: DatasetConfig, seed: int = 0) -> torch.nn
 
 
 def arch_costs(arch: Arch, dataset_cfg: DatasetConfig) -> dict[str, int]:
+    """Parameters and MACs of `arch` on the dataset, counted analytically (no model is built)."""
     data = load_dataset(dataset_cfg)
-    model = build_model(arch, data.in_channels, data.num_classes)
+    validate_arch(arch, data.in_channels)  # the same ArchError build_model would raise
     return {
-        "params": count_params(model),
+        "params": count_arch_params(arch, data.in_channels, data.num_classes),
         "macs": count_macs(arch, data.in_channels, data.num_classes, data.image_size),
     }
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +62,62 @@ class RunSummary:
     registry_path: str = ""
 
 
+def _start_api_server_shielded_from_ctrl_c() -> None:
+    """Start Prefect's ephemeral API server, when one is used, so that a Ctrl-C does not reach it.
+
+    A terminal sends SIGINT to its whole foreground process group, and Prefect starts the server as
+    a child in that group. Killed by the same Ctrl-C that interrupts the run, it leaves Prefect's
+    crash handling (and its event flushing at exit) retrying a dead API for minutes instead of
+    letting the run stop. The server inherits the signal mask of the thread that starts it, so
+    SIGINT stays blocked in the server for good; Prefect still stops it with SIGTERM at exit.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return  # a real Prefect server: not ours to shield
+    from prefect.server.api.server import SubprocessASGIServer
+
+    shield = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if shield else None
+    try:
+        SubprocessASGIServer().start()  # the instance Prefect's clients use; later starts are no-ops
+    finally:
+        if shield:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _InterruptCrashFilter(logging.Filter):
+    """Drops Prefect's "Crash detected! ... interrupt signal" errors: the CLI reports a Ctrl-C itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "aborted by an interrupt signal" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_interrupt_crashes():
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    crash_filter = _InterruptCrashFilter()
+    for logger in loggers:
+        logger.addFilter(crash_filter)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(crash_filter)
+
+
 def run_spec(loaded: LoadedSpec) -> RunSummary:
     """Run (or resume) the workflow of a validated spec and summarise it from the registry."""
     spec = loaded.spec
     ctx = RunContext(spec.run_id(), spec)
     registry = Registry(spec.registry.path)  # refuses a non-DuckDB file before any work is done
+    _start_api_server_shielded_from_ctrl_c()
     resumed = registry.start_run(
         ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
     )
     try:
-        stages = pipeline_flow(ctx)
+        with _quiet_interrupt_crashes():
+            stages = pipeline_flow(ctx)
     except KeyboardInterrupt:
         registry.finish_run(ctx.run_id, "interrupted", "interrupted by the user")
         raise RunInterrupted(

@@ -96,8 +96,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
             rows.append(row)
             mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms)
             known[h] = row
-        registry.add_candidates(rows)
-        registry.add_measurements(mrows)
+        registry.add_evaluated(rows, mrows)  # one transaction: no candidate without its measurements
         strategy.tell([(g, known[arch_hash(a)].get("score")) for g, a in zip(genomes, archs)])
         proposed += len(genomes)
         evaluated += len(todo)

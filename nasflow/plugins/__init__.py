@@ -21,6 +21,8 @@ BUILTIN_MODULES = (
     "nasflow.plugins.search.evolution",
     "nasflow.plugins.devices.torch_cpu",
     "nasflow.plugins.devices.onnxruntime_cpu",
+    "nasflow.plugins.devices.cuda",
+    "nasflow.plugins.devices.edgetpu_model",
     "nasflow.plugins.compress.morphnet",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
