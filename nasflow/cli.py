@@ -96,6 +96,39 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .flows.evaluate import make_devices
+    from .flows.latency import profile_device
+    from .lut import device_fingerprint_hash
+    from .registry import Registry, format_table
+    from .spec import load_spec
+
+    spec = load_spec(args.spec).spec
+    if args.calibrate is not None:
+        profile = spec.profile.model_copy(update={"lut": True, "calibrate": args.calibrate})
+        spec = spec.model_copy(update={"profile": type(profile).model_validate(profile.model_dump())})
+    chosen = [d for d in spec.devices if not args.device or d.name in args.device]
+    unknown = sorted(set(args.device or []) - {d.name for d in spec.devices})
+    if unknown:
+        raise NasflowError(f"device(s) {', '.join(unknown)} not in the spec's devices ({', '.join(d.name for d in spec.devices)})")
+    data = load_dataset(spec.dataset)
+    registry = Registry(spec.registry.path)
+    rows = []
+    console = _console()
+    for name, device in make_devices(chosen).items():
+        with console.status(f"profiling {name} (every operator of the space at every input shape)..."):
+            record = profile_device(registry, spec, device, data, refresh=args.refresh)
+        fit = record.get("predictor_fit") or {}
+        rows.append((
+            name, device_fingerprint_hash(device), record["lut_entries"], "measured" if record["lut_built"] else "reused",
+            record.get("predictor", "-"), fit.get("lut_sum_rel_rmse"), fit.get("loo_rel_rmse"),
+        ))
+    headers = ["device", "fingerprint", "lut ops", "lut", "predictor", "LUT-sum rel. RMSE", "predictor LOO rel. RMSE"]
+    print(format_table(headers, rows))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from .console import arch_legend, front_table
     from .flows.pipeline import candidate_table
@@ -144,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("devices", help="which device backends are usable here, and why not")
     p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("profile", help="build or refresh the per-operator latency LUT of a spec's space on its devices")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--device", action="append", help="only this device (repeatable; default: all of the spec's)")
+    p.add_argument("--refresh", action="store_true", help="re-measure even when a LUT for this fingerprint exists")
+    p.add_argument("--calibrate", type=int, metavar="N", help="also fit the calibrated predictor on N measured models")
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")
     p.add_argument("run_id")

@@ -99,6 +99,19 @@ class ObjectivesConfig(Section):
 
 class ProfileConfig(Section):
     enabled: bool = True
+    lut: bool = Field(False, description="build (or reuse) a per-operator latency LUT of the space on each device")
+    calibrate: int = Field(
+        0, ge=0, description="whole models measured per device to fit the calibrated LUT predictor (0 = none)"
+    )
+    refresh: bool = Field(False, description="re-measure the LUT even when one for this fingerprint exists")
+
+    @model_validator(mode="after")
+    def _calibration_needs_lut(self) -> "ProfileConfig":
+        if self.calibrate and not self.lut:
+            raise ValueError("profile.calibrate needs profile.lut: true (the predictor corrects the LUT)")
+        if self.calibrate == 1:
+            raise ValueError("profile.calibrate must be 0 or at least 2 (a fit needs several models)")
+        return self
 
 
 class ProxyConfig(Section):
@@ -108,8 +121,20 @@ class ProxyConfig(Section):
     subset: float = Field(1.0, gt=0, le=1, description="share of the training split used")
 
 
+class DriftConfig(Section):
+    """With predicted latencies, also measure a share of candidates to catch a drifting predictor."""
+
+    fraction: float = Field(0.2, ge=0, le=1, description="share of candidates also measured on the device")
+    threshold: float = Field(0.1, gt=0, description="warn when the median relative error exceeds this")
+    window: int = Field(20, ge=1, description="measured candidates the error is taken over")
+
+
 class SearchConfig(Section):
     enabled: bool = True
+    latency: Literal["measured", "lut", "predicted"] = Field(
+        "measured", description="measured on the device, LUT sum (FBNet), or the calibrated predictor"
+    )
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     strategy: str = "evolution"
     budget: int = Field(20, ge=1, description="number of candidates evaluated")
     batch_size: int = Field(4, ge=1, description="candidates proposed and evaluated together")

@@ -60,6 +60,10 @@ class Spec(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"devices: {', '.join(duplicates)} listed more than once")
+        if self.search.latency == "lut" and not (self.profile.enabled and self.profile.lut):
+            raise ValueError("search.latency 'lut' needs profile.enabled and profile.lut: true")
+        if self.search.latency == "predicted" and not (self.profile.enabled and self.profile.calibrate):
+            raise ValueError("search.latency 'predicted' needs profile.enabled and profile.calibrate >= 2")
         if self.objectives.device is not None and self.objectives.device not in names:
             raise ValueError(
                 f"objectives.device {self.objectives.device!r} is not in devices ({', '.join(names)})"

@@ -98,3 +98,28 @@ def test_dask_cluster_gives_the_same_rows_as_threads(tmp_path):
         rows = Registry(folder / "registry.duckdb").get_candidates(summary.run_id, stage="search")
         results[runner] = sorted((r["arch"], r["status"], r["params"], r["macs"], round(r["accuracy"], 6)) for r in rows)
     assert results["thread"] == results["dask"]
+
+
+def test_search_on_lut_latency_records_sources_and_warns_on_drift(tmp_path):
+    from nasflow.flows.latency import LatencyDriftWarning
+
+    text = tiny_spec_text(tmp_path, name="lut", train=False, morph=False, deploy=False)
+    text = text.replace("profile: {enabled: true}", "profile: {enabled: true, lut: true}")
+    text = text.replace("  strategy: evolution\n", "  strategy: evolution\n  latency: lut\n  drift: {fraction: 1.0, window: 5}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    # ONNX Runtime pays its per-call cost once per LUT entry: the plain sum overestimates whole
+    # models about 2x (see the latency fidelity figures), which the drift check must catch.
+    with pytest.warns(LatencyDriftWarning, match="onnxruntime-cpu"):
+        summary = run_spec(load_spec(path))
+    registry = Registry(tmp_path / "registry.duckdb")
+    _, lut_rows = registry.query("SELECT device, count(*) FROM lut GROUP BY device ORDER BY device")
+    assert [d for d, n in lut_rows] == ["onnxruntime-cpu", "torch-cpu"] and all(n > 3 for _, n in lut_rows)
+    _, sources = registry.query(
+        "SELECT source, count(DISTINCT candidate_id) FROM measurements WHERE run_id = ? GROUP BY source ORDER BY source",
+        [summary.run_id],
+    )
+    n = len(registry.get_candidates(summary.run_id, stage="search"))
+    assert sources == [("lut", n), ("measured", n)]
+    # the summary shows the measured number where both exist
+    assert all(row["latency_source"] == "measured" for row in summary.front)

@@ -140,7 +140,10 @@ def candidate_table(registry: Registry, run_id: str, objective_device: str, devi
     by_candidate: dict[str, dict[str, dict]] = {}
     for m in measurements:
         if m["artifact_id"] is None:
-            by_candidate.setdefault(m["candidate_id"], {})[m["device"]] = m
+            per_device = by_candidate.setdefault(m["candidate_id"], {})
+            # a number measured on the device wins over a predicted one for the same candidate
+            if m["device"] not in per_device or m["source"] == "measured":
+                per_device[m["device"]] = m
     for row in rows:
         per_device = by_candidate.get(row["candidate_id"], {})
         row["latency"] = {d: per_device[d] for d in devices if d in per_device}

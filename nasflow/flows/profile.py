@@ -1,4 +1,4 @@
-"""Profile stage: check every device runs here, fingerprint it, and time a reference model on it."""
+"""Profile stage: check every device runs here, fingerprint it, time a reference model, build LUTs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from ..progress import reporter
 from ..space import LayerwiseSpace
 from .context import RunContext
 from .evaluate import make_devices, measure_everywhere, model_for
+from .latency import profile_device
 
 
 def smallest_genome(space: LayerwiseSpace) -> tuple[int, ...]:
@@ -37,9 +38,11 @@ def profile_stage(ctx: RunContext) -> list[dict]:
         if error:
             raise DeviceError(f"device check failed on {error}")
         m = measurements[0]
-        records.append(
-            {"device": name, "runtime": m.runtime, "fingerprint": m.fingerprint, "reference_ms": m.stats.median_ms}
-        )
-        rep.advance("profile", 1, f"{name}: {m.stats.median_ms:.3f} ms reference ({m.runtime})")
+        record = {"device": name, "runtime": m.runtime, "fingerprint": m.fingerprint, "reference_ms": m.stats.median_ms}
+        if spec.profile.lut:
+            record.update(profile_device(ctx.registry(), spec, device, data, spec.profile.refresh))
+        records.append(record)
+        lut = f", LUT {record['lut_entries']} ops {'measured' if record['lut_built'] else 'reused'}" if spec.profile.lut else ""
+        rep.advance("profile", 1, f"{name}: {m.stats.median_ms:.3f} ms reference ({m.runtime}){lut}")
     rep.stage_end("profile", ", ".join(f"{r['device']} ok" for r in records))
     return records

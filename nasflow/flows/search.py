@@ -13,7 +13,8 @@ from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
 from .context import RunContext
-from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, model_for, threads_per_task, train_candidate
+from .latency import load_latency_models, time_candidates
+from .evaluate import arch_costs, latency_on, make_devices, threads_per_task, train_candidate
 from .records import candidate_id, measurement_rows
 
 STAGE = "search"
@@ -67,6 +68,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     space = LayerwiseSpace(spec.space)
     strategy = get_plugins().create("search", spec.search.strategy, spec.search.options, space, spec.execution.seed)
     devices = make_devices(spec.devices)
+    latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)
     known = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
     reused = len(known)
     threads = threads_per_task(spec.execution.workers)
@@ -77,7 +79,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
         archs = [space.to_arch(g) for g in genomes]
         todo = _unique_new(archs, known)
         # Latency first, serially, while no training task runs: timings must not share cores.
-        measured = {arch_hash(a): measure_everywhere(devices, model_for(a, spec.dataset), data.input_shape) for a in todo}
+        measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
         futures = train_candidate.map(
             [format_arch(a) for a in todo],
             unmapped(spec.dataset),
