@@ -108,3 +108,58 @@ def test_readme_registry_schema_matches_the_code():
     from nasflow.registry import schema_markdown
 
     assert schema_markdown().strip() in (ROOT / "README.md").read_text()
+
+
+FLAKY_DEVICE = '''
+"""A device that cannot run a 5x5 kernel in the last block, as a real runtime may refuse an operator."""
+from nasflow.errors import DeviceError
+from nasflow.hookspecs import hookimpl
+from nasflow.plugins.devices.torch_cpu import TorchCPU
+
+
+class PickyDevice(TorchCPU):
+    name = "picky-cpu"
+
+    def measure_model(self, model, input_shape):
+        if model.arch.blocks[-1].kernel == 5:
+            raise DeviceError("5x5 depthwise is not supported by this runtime")
+        return super().measure_model(model, input_shape)
+
+
+@hookimpl
+def nasflow_devices():
+    return [PickyDevice]
+'''
+
+
+def test_device_failing_on_some_candidates_marks_them_failed_and_the_run_goes_on(tmp_path):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import tiny_spec_text
+
+    from nasflow.registry import Registry
+
+    site = tmp_path / "site"
+    install_dist(site, "picky-device", "1.0", "picky_device", FLAKY_DEVICE, "picky")
+    text = tiny_spec_text(tmp_path, name="picky", train=False, morph=False, deploy=False, profile=False)
+    text = text.replace("  - {name: onnxruntime-cpu", "  - {name: picky-cpu").replace("budget: 6", "budget: 8")
+    spec = tmp_path / "s.yaml"
+    spec.write_text(text)
+    result = nasflow_cli(site, "run", str(spec))
+    assert result.returncode == 0, result.stderr[-3000:]
+    registry = Registry(tmp_path / "registry.duckdb")
+    _, rows = registry.query("SELECT arch, status, error FROM candidates")
+    failed = [r for r in rows if r[1] == "failed"]
+    ok = [r for r in rows if r[1] == "ok"]
+    assert failed and ok, rows
+    def last_is_k5(arch):
+        return arch.split("-")[-2].startswith("ir_k5_")
+
+    assert all(last_is_k5(arch) and "picky-cpu: 5x5 depthwise is not supported" in error for arch, _, error in failed)
+    assert all(not last_is_k5(arch) for arch, _, _ in ok)
+    # what the other device measured before the failure is kept
+    _, kept = registry.query(
+        "SELECT count(*) FROM measurements m JOIN candidates c USING (candidate_id) WHERE c.status = 'failed'"
+    )
+    assert kept[0][0] == len(failed)

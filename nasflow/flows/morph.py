@@ -106,8 +106,7 @@ def morph_stage(ctx: RunContext) -> dict[str, Any]:
     summaries = []
     for parent in todo:
         row, mrows = _child_row(ctx, parent, compress_candidate(ctx, parent), devices)
-        registry.add_candidates([row])
-        registry.add_measurements(mrows)
+        registry.add_evaluated([row], mrows)
         summaries.append(row)
         info = (f"{parent['macs']:,} -> {row['macs']:,} MACs, acc {row['accuracy']:.3f}"
                 if row["status"] == "ok" else f"failed: {row['error']}")

@@ -97,7 +97,6 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
         rows.append(row)
         mrows += measurement_rows(job["candidate_id"], ctx.run_id, measured)
         rep.advance(STAGE, 1, f"acc {row.get('accuracy', 0):.3f}" if row["status"] == "ok" else f"failed: {error}")
-    registry.add_candidates(rows)
-    registry.add_measurements(mrows)
+    registry.add_evaluated(rows, mrows)
     rep.stage_end(STAGE, f"{len(todo)} trained, {len(jobs) - len(todo)} reused")
     return {"trained": len(todo), "reused": len(jobs) - len(todo)}
