@@ -13,7 +13,7 @@ import torch
 from prefect import flow
 
 from .. import __version__
-from ..errors import NasflowError, RunInterrupted
+from ..errors import RunInterrupted
 from ..objectives import pareto_front
 from ..registry import Registry
 from ..spec import LoadedSpec
@@ -173,4 +173,4 @@ def summarize(registry: Registry, ctx: RunContext, stages: dict[str, Any], resum
     )
 
 
-__all__ = ["STAGES", "RunSummary", "run_spec", "pipeline_flow", "NasflowError"]
+__all__ = ["STAGES", "RunSummary", "run_spec", "pipeline_flow"]
