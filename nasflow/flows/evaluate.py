@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import task
+from prefect import task, unmapped
 from prefect.cache_policies import NO_CACHE
 
 from ..config import DatasetConfig, TrainConfig
@@ -59,20 +59,17 @@ def arch_costs(arch: Arch, dataset_cfg: DatasetConfig) -> dict[str, int]:
     }
 
 
-@task(name="train-candidate", cache_policy=NO_CACHE, persist_result=False)
-def train_candidate(
+def train_one(
     arch: str,
     dataset_cfg: DatasetConfig,
     train_cfg: TrainConfig,
     epochs: int,
     subset: float,
-    threads: int,
     checkpoint: str | None = None,
 ) -> dict[str, Any]:
     """Train one architecture (proxy or full) and return its validation metrics; never raises."""
     from ..train import train_model
 
-    torch.set_num_threads(threads)
     start = time.perf_counter()
     try:
         data = load_dataset(dataset_cfg)
@@ -91,6 +88,56 @@ def train_candidate(
         "train_epochs": result.epochs,
         "train_seconds": result.seconds,
     }
+
+
+@task(name="train-candidates", cache_policy=NO_CACHE, persist_result=False)
+def train_candidates(
+    archs: list[str],
+    dataset_cfg: DatasetConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    subset: float,
+    threads: int,
+    checkpoints: list[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train a chunk of architectures one after another on one worker; results in input order."""
+    torch.set_num_threads(threads)
+    checkpoints = checkpoints or [None] * len(archs)
+    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c) for a, c in zip(archs, checkpoints)]
+
+
+def train_in_parallel(
+    archs: list[str],
+    dataset_cfg: DatasetConfig,
+    train_cfg: TrainConfig,
+    epochs: int,
+    subset: float,
+    workers: int,
+    checkpoints: list[str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fan `archs` out over the flow's task runner as one task per worker, not per candidate.
+
+    A Prefect task run costs milliseconds of orchestration (API calls, state changes); chunking
+    keeps that per-batch, so cheap candidates are not dominated by it. Results keep input order.
+    """
+    if not archs:
+        return []
+    checkpoints = checkpoints or [None] * len(archs)
+    chunks = [list(range(i, len(archs), workers)) for i in range(min(workers, len(archs)))]
+    futures = train_candidates.map(
+        [[archs[i] for i in chunk] for chunk in chunks],
+        unmapped(dataset_cfg),
+        unmapped(train_cfg),
+        unmapped(epochs),
+        unmapped(subset),
+        unmapped(threads_per_task(workers)),
+        [[checkpoints[i] for i in chunk] for chunk in chunks],
+    )
+    results: list[dict[str, Any]] = [{}] * len(archs)
+    for chunk, future in zip(chunks, futures):
+        for index, result in zip(chunk, future.result()):
+            results[index] = result
+    return results
 
 
 def make_devices(device_cfgs) -> dict[str, DeviceBackend]:

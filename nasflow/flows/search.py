@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, unmapped
+from prefect import flow
 
 from ..data import load_dataset
 from ..objectives import score
@@ -14,7 +14,7 @@ from ..progress import reporter
 from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
 from .context import RunContext
 from .latency import load_latency_models, time_candidates
-from .evaluate import arch_costs, latency_on, make_devices, threads_per_task, train_candidate
+from .evaluate import arch_costs, latency_on, make_devices, train_in_parallel
 from .records import candidate_id, measurement_rows
 
 STAGE = "search"
@@ -71,7 +71,6 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)
     known = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
     reused = len(known)
-    threads = threads_per_task(spec.execution.workers)
     budget, proposed, evaluated = spec.search.budget, 0, 0
     rep.stage_start(STAGE, budget, f"{spec.search.strategy} over {space.size():,} architectures")
     while proposed < budget:
@@ -80,15 +79,10 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
         todo = _unique_new(archs, known)
         # Latency first, serially, while no training task runs: timings must not share cores.
         measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
-        futures = train_candidate.map(
-            [format_arch(a) for a in todo],
-            unmapped(spec.dataset),
-            unmapped(spec.train.config),
-            unmapped(spec.search.proxy.epochs),
-            unmapped(spec.search.proxy.subset),
-            unmapped(threads),
+        trained = train_in_parallel(
+            [format_arch(a) for a in todo], spec.dataset, spec.train.config,
+            spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
         )
-        trained = [f.result() for f in futures]
         rows, mrows = [], []
         genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}
         for arch, result in zip(todo, trained):

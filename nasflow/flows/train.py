@@ -6,14 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from prefect import flow, unmapped
+from prefect import flow
 
 from ..data import load_dataset
 from ..objectives import score
 from ..progress import reporter
 from ..space import arch_hash, build_model, format_arch, parse_arch
 from .context import RunContext
-from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, threads_per_task, train_candidate
+from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, train_in_parallel
 from .records import candidate_id, checkpoint_path, measurement_rows
 
 STAGE = "train"
@@ -63,19 +63,13 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     todo = [j for j in jobs if not (j["candidate_id"] in done and Path(j["checkpoint"]).exists())]
     rep.stage_start(STAGE, len(jobs), f"{len(jobs)} candidates x {spec.train.config.epochs} epochs")
     rep.advance(STAGE, len(jobs) - len(todo), "reused from the registry" if len(todo) < len(jobs) else "")
-    futures = train_candidate.map(
-        [j["arch"] for j in todo],
-        unmapped(spec.dataset),
-        unmapped(spec.train.config),
-        unmapped(spec.train.config.epochs),
-        unmapped(1.0),
-        unmapped(threads_per_task(spec.execution.workers)),
-        [j["checkpoint"] for j in todo],
-    ) if todo else []
+    results = train_in_parallel(
+        [j["arch"] for j in todo], spec.dataset, spec.train.config, spec.train.config.epochs, 1.0,
+        spec.execution.workers, [j["checkpoint"] for j in todo],
+    )
     devices = make_devices(spec.devices)
     rows, mrows = [], []
-    for job, future in zip(todo, futures):
-        result = future.result()
+    for job, result in zip(todo, results):
         row = {
             "candidate_id": job["candidate_id"], "run_id": ctx.run_id, "stage": STAGE, "arch": job["arch"],
             "arch_hash": job["arch_hash"], "parent_id": job["parent_id"],
