@@ -7,10 +7,11 @@ Three measurements, each written to one JSON file (default ``benchmarks/results/
    architectures with the two costly parts replaced by zero-cost stand-ins, *in this process
    only*: a ``null-device`` DeviceBackend plugin whose measurement returns at once (recorded with
    ``source="estimated"``, so nothing passes for a measurement) and a zero-work Prefect task in
-   place of ``train_candidate``. Everything else the stage does per candidate is counted as engine
-   work: asking/telling the strategy, building each candidate's PyTorch model (the model a real
-   device would time), parameter/MAC counts, Prefect task submission and collection, building rows
-   and writing them to the registry, the flow run's start and end. The CPU that Prefect's
+   place of ``train_candidates`` (one task per worker chunk). Everything else the stage does per
+   candidate is counted as engine work: asking/telling the strategy, building each candidate's
+   PyTorch model (the model a real device would time), parameter/MAC counts, Prefect task
+   submission and collection, building rows and writing them to the registry, the flow run's start
+   and end. The CPU that Prefect's
    ephemeral API server (a child process) spends recording the task runs is reported beside it.
 2. **Time to the first candidate.** ``nasflow run spec.yaml`` as a subprocess on a tiny real spec
    (torch-cpu + onnxruntime-cpu, digits, 1-epoch proxies), polling the registry read-only until
@@ -882,7 +883,9 @@ def format_report(report: dict) -> str:
             "   models      = building each candidate's PyTorch model for the device (engine work a real device needs)",
             "   params/MACs = parameter and MAC counts for the registry (analytic, no model built)",
             "   submit      = Prefect task .map();  collect = waiting on .result() (Prefect task engine; the task itself is empty)",
-            "   registry    = DuckDB writes (one transaction per batch: candidates + measurements)",
+            "   registry    = DuckDB writes, candidates + measurements together ("
+            + ", ".join(f"{r['registry_write_transactions']} transactions" for r in overhead["runs"])
+            + ")",
             "   flow        = search flow-run start and end, stage setup (strategy, devices, registry read)",
             "   other       = strategy ask/tell, row building, progress",
             "   server CPU  = CPU ms the Prefect ephemeral server (a child process) spent per candidate, during the run and",

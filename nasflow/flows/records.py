@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,3 +57,37 @@ def measurement_rows(
             }
         )
     return rows
+
+
+class BufferedWriter:
+    """Collects evaluated rows and writes them in one transaction every `max_rows` or `max_seconds`.
+
+    Opening the DuckDB file costs tens of milliseconds, which would dominate cheap candidates if
+    paid per batch; the file stays closed between flushes so readers can open it. Use it as a
+    context manager: what is buffered is flushed on exit, also on Ctrl-C or an error.
+    """
+
+    def __init__(self, registry, max_rows: int = 256, max_seconds: float = 2.0):
+        self.registry = registry
+        self.max_rows, self.max_seconds = max_rows, max_seconds
+        self._candidates: list[dict] = []
+        self._measurements: list[dict] = []
+        self._last = time.monotonic()
+
+    def add(self, candidates: list[dict], measurements: list[dict]) -> None:
+        self._candidates += candidates
+        self._measurements += measurements
+        if len(self._candidates) >= self.max_rows or time.monotonic() - self._last >= self.max_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._candidates or self._measurements:
+            self.registry.add_evaluated(self._candidates, self._measurements)
+        self._candidates, self._measurements = [], []
+        self._last = time.monotonic()
+
+    def __enter__(self) -> "BufferedWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()

@@ -15,7 +15,7 @@ from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
 from .context import RunContext
 from .latency import load_latency_models, time_candidates
 from .evaluate import arch_costs, latency_on, make_devices, train_in_parallel
-from .records import candidate_id, measurement_rows
+from .records import BufferedWriter, candidate_id, measurement_rows
 
 STAGE = "search"
 
@@ -73,31 +73,32 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     reused = len(known)
     budget, proposed, evaluated = spec.search.budget, 0, 0
     rep.stage_start(STAGE, budget, f"{spec.search.strategy} over {space.size():,} architectures")
-    while proposed < budget:
-        genomes = strategy.ask(min(spec.search.batch_size, budget - proposed))
-        archs = [space.to_arch(g) for g in genomes]
-        todo = _unique_new(archs, known)
-        # Latency first, serially, while no training task runs: timings must not share cores.
-        measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
-        trained = train_in_parallel(
-            [format_arch(a) for a in todo], spec.dataset, spec.train.config,
-            spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
-        )
-        rows, mrows = [], []
-        genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}
-        for arch, result in zip(todo, trained):
-            h = arch_hash(arch)
-            ms, error = measured[h]
-            row = _candidate_row(ctx, arch, genome_of[h], result, ms, error)
-            rows.append(row)
-            mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms)
-            known[h] = row
-        registry.add_evaluated(rows, mrows)  # one transaction: no candidate without its measurements
-        strategy.tell([(g, known[arch_hash(a)].get("score")) for g, a in zip(genomes, archs)])
-        proposed += len(genomes)
-        evaluated += len(todo)
-        best = max((r["score"] for r in known.values() if r.get("score") is not None), default=None)
-        rep.advance(STAGE, len(genomes), f"best score {best:.4f}" if best is not None else "no successful candidate yet")
+    with BufferedWriter(registry) as writer:
+        while proposed < budget:
+            genomes = strategy.ask(min(spec.search.batch_size, budget - proposed))
+            archs = [space.to_arch(g) for g in genomes]
+            todo = _unique_new(archs, known)
+            # Latency first, serially, while no training task runs: timings must not share cores.
+            measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
+            trained = train_in_parallel(
+                [format_arch(a) for a in todo], spec.dataset, spec.train.config,
+                spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
+            )
+            rows, mrows = [], []
+            genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}
+            for arch, result in zip(todo, trained):
+                h = arch_hash(arch)
+                ms, error = measured[h]
+                row = _candidate_row(ctx, arch, genome_of[h], result, ms, error)
+                rows.append(row)
+                mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms)
+                known[h] = row
+            writer.add(rows, mrows)  # candidates and their measurements land in one transaction
+            strategy.tell([(g, known[arch_hash(a)].get("score")) for g, a in zip(genomes, archs)])
+            proposed += len(genomes)
+            evaluated += len(todo)
+            best = max((r["score"] for r in known.values() if r.get("score") is not None), default=None)
+            rep.advance(STAGE, len(genomes), f"best score {best:.4f}" if best is not None else "no successful candidate yet")
     failed = sum(1 for r in known.values() if r["status"] != "ok")
     summary = {"proposed": proposed, "evaluated": evaluated, "reused": reused, "unique": len(known), "failed": failed}
     rep.stage_end(STAGE, f"{evaluated} evaluated, {reused} reused from the registry, {failed} failed")
