@@ -83,8 +83,12 @@ class DeviceBackend(Plugin):
     """Deployed artifact formats `measure_artifact` accepts (besides live PyTorch modules)."""
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
-        """None when usable here; otherwise what is missing and how to get it."""
+    def unavailable_reason(cls, options: BaseModel | None = None) -> str | None:
+        """None when usable here; otherwise what is missing and how to get it.
+
+        `options` are the device's validated options from the spec (None: the defaults), for
+        backends whose availability depends on them (a GPU index, a phone's serial).
+        """
         return None
 
     @abstractmethod

@@ -176,8 +176,8 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
         name_key = {"search": "strategy", "compressor": "compressor", "device": "name"}[kind]
         try:
             info = plugins.get(kind, name)
-            plugins.options(kind, name, options)
-            reason = info.cls.unavailable_reason() if kind == "device" else None
+            validated = plugins.options(kind, name, options)
+            reason = info.cls.unavailable_reason(validated) if kind == "device" else None
         except NasflowError as exc:
             field = loc + ((name_key,) if "registered" in str(exc) else ("options",))
             messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: {exc}")

@@ -63,7 +63,7 @@ def test_measure_model_raises_device_error_without_gpu():
 
 
 def test_unavailable_reason_checks_the_device_index():
-    reason = CudaDevice.unavailable_reason(10_000)
+    reason = CudaDevice.unavailable_reason(CudaDevice.Options(device_index=10_000))
     assert isinstance(reason, str)
     if HAS_CUDA:
         assert "device_index 10000 does not exist" in reason

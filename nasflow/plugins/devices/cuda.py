@@ -209,8 +209,8 @@ class CudaDevice(DeviceBackend):
     artifact_formats = ()
 
     @classmethod
-    def unavailable_reason(cls, device_index: int = 0) -> str | None:
-        return cuda_unavailable_reason(device_index)
+    def unavailable_reason(cls, options: "CudaOptions | None" = None) -> str | None:
+        return cuda_unavailable_reason(options.device_index if options is not None else 0)
 
     def _device(self):
         reason = cuda_unavailable_reason(self.options.device_index)

@@ -54,7 +54,7 @@ class OnnxRuntimeCPU(DeviceBackend):
     MISSING = "onnxruntime is not installed: pip install onnxruntime"
 
     @classmethod
-    def unavailable_reason(cls) -> str | None:
+    def unavailable_reason(cls, options=None) -> str | None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:

@@ -1,0 +1,376 @@
+"""Device backend that converts PyTorch models to ``.tflite`` and times them with LiteRT on the CPU.
+
+LiteRT (formerly TensorFlow Lite) is the runtime most Android and embedded apps ship; its CPU path
+(XNNPACK) is what a phone's CPU runs, so timing the converted model here ranks candidates the way
+the phone will, far better than eager PyTorch does. For the phone itself see the ``android``
+device, which reuses this module's converter and cache.
+
+Install
+-------
+Two packages, installed differently (a pip resolver conflict, not a runtime one):
+
+* the interpreter, ``ai-edge-litert`` (imported as ``ai_edge_litert``): ``pip install
+  'nasflow[litert]'``. It installs cleanly next to nasflow. ``tflite-runtime`` is accepted instead
+  where that is what is installed, but its last release (2.14) does not import under NumPy 2.
+  With the interpreter alone, ``.tflite`` artifacts can be timed (``measure_artifact``).
+* the converter, ``litert-torch`` 0.10 (needed to time PyTorch models, i.e. for search): it pins
+  ``typing-extensions<4.13`` through ``litert-converter`` -> ``xdsl==0.28.0``, while prefect 3.8.8
+  needs ``>=4.15`` (through ``pydocket`` -> ``py-key-value-aio``), so pip cannot resolve both in
+  one command. Install it in a second step, then lift typing-extensions again::
+
+      pip install 'litert-torch==0.10.*'
+      pip install -U 'typing-extensions>=4.15'
+
+  The first step downgrades typing-extensions to 4.12.2 (and pydantic to 2.11, anyio to 4.14);
+  the second restores what prefect's dependencies declare, after which pip reports ``xdsl 0.28.0
+  requires typing-extensions<4.13``. Neither pin matters at run time: conversion works with
+  typing-extensions 4.16 (outputs equal PyTorch's to 6e-8) and nasflow's pipeline tests pass with
+  either version. ``litert-torch`` adds about 1.2 GB (jax, transformers, torchao) and takes 5-10 s
+  to import; it is imported only when the first model is converted.
+
+Methodology
+-----------
+* **Conversion.** ``litert_torch.convert(model.eval(), (sample,))`` on one fixed random input of
+  the timed shape (batch first, NCHW kept: the converter inserts the layout transposes), then
+  ``export``. The model's train/eval mode is restored afterwards. Conversions run one at a time.
+* **Cache.** Conversion takes seconds, so converted files are kept in ``cache_dir`` under a name
+  made of the architecture hash (``arch_hash`` plus the class count for nasflow's ``ArchNet``;
+  otherwise a hash of the module's structure and parameter shapes), the input shape, and a hash of
+  the torch and litert-torch versions. A second measurement of the same architecture reuses the
+  file. The key ignores weight *values*: float latency does not depend on them, but do not use
+  the cache to deploy trained weights (``convert_to_tflite`` always converts).
+* **Timing.** A LiteRT ``Interpreter`` with ``num_threads=threads``; ``xnnpack=True`` keeps the
+  default XNNPACK delegate (op resolver ``AUTO``), ``False`` uses the built-in kernels only
+  (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``). The input tensor is set once; ``interpreter.invoke()``
+  is timed with :func:`nasflow.timing.measure_callable` (warm-up, repeat until the median's 95 %
+  CI is within ``rel_ci``), so the numbers compare directly with ``torch-cpu`` and
+  ``onnxruntime-cpu``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.util
+import itertools
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import Field
+
+from nasflow.errors import DeviceError
+from nasflow.export import eval_mode, sha256_file
+from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.hookspecs import hookimpl
+from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.timing import TimingOptions, measure_with
+
+if TYPE_CHECKING:
+    import torch
+
+INPUT_SEED = 0
+INTERPRETER_HINT = "pip install 'nasflow[litert]'"
+CONVERTER_HINT = (
+    "pip install 'litert-torch==0.10.*' && pip install -U 'typing-extensions>=4.15' (a separate step: "
+    "litert-torch pins typing-extensions<4.13, prefect needs >=4.15; see nasflow.plugins.devices.litert)"
+)
+CONVERTER_MISSING = f"litert-torch is not installed, so PyTorch models cannot be converted to .tflite: {CONVERTER_HINT}"
+
+_CONVERT_LOCK = threading.Lock()  # torch.export and the MLIR converter keep process-global state
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- interpreter
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """The LiteRT interpreter found here: its class, op-resolver enum, package and version."""
+
+    interpreter: Any
+    op_resolver: Any  # OpResolverType enum, or None where the package lacks it
+    package: str
+    version: str
+
+
+@functools.lru_cache(maxsize=1)
+def _find_runtime() -> tuple[_Runtime | None, str | None]:
+    """(runtime, None), or (None, why no interpreter can be used here)."""
+    try:
+        from ai_edge_litert import interpreter as mod
+
+        return _Runtime(mod.Interpreter, getattr(mod, "OpResolverType", None), "ai-edge-litert",
+                        _dist_version("ai-edge-litert") or "?"), None
+    except ImportError:
+        pass
+    problem = ""
+    version = _dist_version("tflite-runtime")
+    if version is not None:
+        try:  # tflite-runtime 2.14 is built against NumPy 1 and fails under NumPy 2
+            from tflite_runtime import interpreter as mod
+
+            return _Runtime(mod.Interpreter, getattr(mod, "OpResolverType", None), "tflite-runtime", version), None
+        except Exception as exc:  # ImportError, AttributeError ('_ARRAY_API not found'), ...
+            problem = f" (tflite-runtime {version} is installed but does not import: {str(exc).strip() or type(exc).__name__})"
+    return None, f"no LiteRT interpreter: ai-edge-litert is not installed{problem}: {INTERPRETER_HINT}"
+
+
+def _runtime() -> _Runtime:
+    runtime, problem = _find_runtime()
+    if runtime is None:
+        raise DeviceError(f"litert: {problem}")
+    return runtime
+
+
+def converter_available() -> bool:
+    """Whether litert-torch is installed (checked without importing it: the import is slow)."""
+    return importlib.util.find_spec("litert_torch") is not None
+
+
+# ---------------------------------------------------------------- conversion
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Iterator[None]:
+    """Hide litert-torch's progress lines, import chatter and deprecation warnings."""
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # the converter's C++ INFO lines
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch", "absl", "jax")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _import_converter():
+    if not converter_available():
+        raise DeviceError(f"litert: {CONVERTER_MISSING}")
+    with _quiet_converter():
+        try:
+            import litert_torch
+        except Exception as exc:
+            raise DeviceError(f"litert: litert-torch is installed but does not import: {exc}") from exc
+    return litert_torch
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def convert_to_tflite(model: "torch.nn.Module", input_shape: tuple[int, ...], path: str | os.PathLike) -> Path:
+    """Convert `model` (traced on a random input of `input_shape`, batch first) to a .tflite at `path`.
+
+    Always converts (no cache) and keeps the model's weights; the file appears atomically.
+    Raises DeviceError when litert-torch is missing or the conversion fails.
+    """
+    import torch
+
+    litert_torch = _import_converter()
+    shape = tuple(int(n) for n in input_shape)
+    sample = torch.randn(*shape, generator=torch.Generator().manual_seed(INPUT_SEED))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with _CONVERT_LOCK, _quiet_converter(), eval_mode(model):
+            edge = litert_torch.convert(model.eval(), (sample,))
+            edge.export(str(tmp))
+        os.replace(tmp, path)
+    except DeviceError:
+        raise
+    except Exception as exc:
+        raise DeviceError(
+            f"litert: cannot convert {type(model).__name__} on input {shape} to .tflite: {_first_line(exc)}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def model_key(model: "torch.nn.Module") -> str:
+    """Identity of a model's structure: `arch-<arch_hash>-c<classes>` for ArchNet, else a structure hash."""
+    from nasflow.space import ArchNet, arch_hash
+
+    if isinstance(model, ArchNet):
+        return f"arch-{arch_hash(model.arch)}-c{model.num_classes}"
+    h = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}".encode())
+    for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
+        h.update(f"\n{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+    return f"module-{h.hexdigest()[:16]}"
+
+
+def cache_path(model: "torch.nn.Module", input_shape: tuple[int, ...], cache_dir: str | os.PathLike) -> Path:
+    """Where the converted file of `model` on `input_shape` lives in `cache_dir`."""
+    import torch
+
+    versions = f"torch={torch.__version__};litert-torch={_dist_version('litert-torch')}"
+    tag = hashlib.sha256(versions.encode()).hexdigest()[:8]
+    shape = "x".join(str(int(n)) for n in input_shape)
+    return Path(cache_dir) / f"{model_key(model)}-{shape}-{tag}.tflite"
+
+
+def cached_tflite(
+    model: "torch.nn.Module", input_shape: tuple[int, ...], cache_dir: str | os.PathLike
+) -> tuple[Path, float | None]:
+    """The .tflite of `model` on `input_shape` from the cache, converting on a miss.
+
+    Returns the path and the conversion time in seconds (None on a cache hit).
+    """
+    path = cache_path(model, input_shape, cache_dir)
+    if path.is_file() and path.stat().st_size > 0:
+        return path, None
+    start = time.perf_counter()
+    convert_to_tflite(model, input_shape, path)
+    return path, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------- device
+
+
+class LiteRTOptions(TimingOptions):
+    """Timing stop rule plus LiteRT's thread count, XNNPACK switch and the conversion cache."""
+
+    threads: int = Field(1, ge=1, description="interpreter threads (num_threads)")
+    xnnpack: bool = Field(True, description="use the default XNNPACK delegate (false: built-in kernels only)")
+    cache_dir: Path = Field(Path(".nasflow/tflite"), description="converted .tflite files, reused across runs")
+
+
+class LiteRTDevice(DeviceBackend):
+    """PyTorch -> .tflite with litert-torch, timed with LiteRT's CPU interpreter (XNNPACK)."""
+
+    name = "litert"
+    description = "LiteRT (TFLite) CPU interpreter with XNNPACK, models converted with litert-torch"
+    Options = LiteRTOptions
+    artifact_formats = ("tflite",)
+
+    @classmethod
+    def unavailable_reason(cls, options=None) -> str | None:
+        _, problem = _find_runtime()
+        if problem is not None:
+            return problem
+        if not converter_available():
+            return CONVERTER_MISSING
+        return None
+
+    def fingerprint(self) -> dict[str, Any]:
+        rt = _runtime()
+        return base_fingerprint(
+            "litert",
+            rt.version,
+            self.options.threads,
+            interpreter_package=rt.package,
+            xnnpack=self.options.xnnpack,
+            litert_torch_version=_dist_version("litert-torch"),
+        )
+
+    def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
+        shape = tuple(int(n) for n in input_shape)
+        _runtime()  # fail before a conversion that could not be timed anyway
+        path, seconds = cached_tflite(model, shape, self.options.cache_dir)
+        stats, details = self._time(path, shape)
+        extra = {
+            "input_shape": list(shape),
+            "tflite": str(path),
+            "tflite_bytes": path.stat().st_size,
+            "cache_hit": seconds is None,
+            "conversion_seconds": seconds,
+            **details,
+        }
+        return self._measurement(stats, shape[0], extra)
+
+    def measure_artifact(self, path: str, fmt: str, input_shape: tuple[int, ...]) -> Measurement:
+        if fmt not in self.artifact_formats:
+            return super().measure_artifact(path, fmt, input_shape)
+        if not Path(path).is_file():
+            raise DeviceError(f"litert: no .tflite file at {path}")
+        shape = tuple(int(n) for n in input_shape)
+        stats, details = self._time(Path(path), shape)
+        extra = {"input_shape": list(shape), "artifact": str(path), "sha256": sha256_file(path), **details}
+        return self._measurement(stats, shape[0], extra)
+
+    def interpreter(self, path: str | os.PathLike):
+        """A LiteRT interpreter on `path` with this device's threads and XNNPACK setting, tensors allocated."""
+        rt = _runtime()
+        kwargs: dict[str, Any] = {"model_path": os.fspath(path), "num_threads": self.options.threads}
+        if rt.op_resolver is not None:
+            kind = "AUTO" if self.options.xnnpack else "BUILTIN_WITHOUT_DEFAULT_DELEGATES"
+            kwargs["experimental_op_resolver_type"] = getattr(rt.op_resolver, kind)
+        elif not self.options.xnnpack:
+            raise DeviceError(f"litert: {rt.package} {rt.version} cannot turn XNNPACK off; set xnnpack: true")
+        try:
+            interp = rt.interpreter(**kwargs)
+            interp.allocate_tensors()
+        except Exception as exc:
+            raise DeviceError(f"litert: cannot load {path}: {_first_line(exc)}") from exc
+        return interp
+
+    def _time(self, path: Path, shape: tuple[int, ...]) -> tuple[LatencyStats, dict[str, Any]]:
+        """Time `invoke()` on one fixed random input; the model's input must hold as many values as `shape`."""
+        interp = self.interpreter(path)
+        inputs = interp.get_input_details()
+        if len(inputs) != 1:
+            raise DeviceError(f"litert: expected a model with one input, {path} has {len(inputs)}")
+        detail = inputs[0]
+        model_shape = tuple(int(n) for n in detail["shape"])
+        if math.prod(model_shape) != math.prod(shape):
+            raise DeviceError(f"litert: {path} takes input {model_shape}, not {shape}")
+        dtype = np.dtype(detail["dtype"])
+        rng = np.random.default_rng(INPUT_SEED)
+        if np.issubdtype(dtype, np.floating):
+            x = rng.standard_normal(model_shape).astype(dtype)
+        elif np.issubdtype(dtype, np.integer):
+            info = np.iinfo(dtype)
+            x = rng.integers(info.min, info.max, size=model_shape, endpoint=True).astype(dtype)
+        else:
+            raise DeviceError(f"litert: unsupported input type {dtype} in {path}")
+        try:
+            interp.set_tensor(detail["index"], x)
+            stats = measure_with(interp.invoke, self.options)
+        except Exception as exc:
+            raise DeviceError(f"litert: inference of {path} on input {model_shape} failed: {_first_line(exc)}") from exc
+        return stats, {"model_input_shape": list(model_shape), "input_dtype": str(dtype)}
+
+    def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
+        rt = _runtime()
+        fp = self.fingerprint()
+        delegate = "XNNPACK" if self.options.xnnpack else "built-in kernels"
+        return Measurement(
+            device=self.name,
+            runtime=f"{rt.package} {rt.version} ({delegate})",
+            artifact_format="tflite",
+            source="measured",
+            stats=stats,
+            threads=self.options.threads,
+            batch_size=batch,
+            fingerprint=fp,
+            extra={"fingerprint_hash": fingerprint_hash(fp), **extra},
+        )
+
+
+@hookimpl
+def nasflow_devices():
+    return [LiteRTDevice]
