@@ -286,35 +286,11 @@ execution: {{runner: thread, workers: {workers}, work_dir: {tmp / 'runs'}}}
 
 
 def first_candidate_spec_text(tmp: Path) -> str:
-    """The test suite's tiny spec (tests/conftest.py), search stage only: real devices, 1-epoch proxies."""
-    return f"""\
-name: first-candidate
-dataset: {{name: digits, val_split: 0.25, cache_dir: {tmp / 'cache'}}}
-space:
-  stem_channels: 8
-  stages:
-    - {{channels: 8, layers: 1, stride: 1}}
-    - {{channels: 16, layers: 2, stride: 2}}
-  kernels: [3, 5]
-  expansions: [1, 3]
-  head_channels: 32
-devices:
-  - {{name: torch-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
-  - {{name: onnxruntime-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
-objectives: {{reward: mnasnet, target_ms: 0.2}}
-profile: {{enabled: true}}
-search:
-  strategy: evolution
-  budget: 6
-  batch_size: 3
-  options: {{population_size: 3, sample_size: 2}}
-  proxy: {{epochs: 1, subset: 0.5}}
-train: {{enabled: false}}
-morph: {{enabled: false}}
-deploy: {{enabled: false}}
-registry: {{path: {tmp / 'first-candidate.duckdb'}}}
-execution: {{runner: thread, workers: 2, work_dir: {tmp / 'runs'}}}
-"""
+    """The test suite's tiny spec (tests/specs.py), search stage only: real devices, 1-epoch proxies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from specs import tiny_spec_text
+
+    return tiny_spec_text(tmp, name="first-candidate", train=False, morph=False, deploy=False)
 
 
 # ------------------------------------------------------------------------------------ 1. overhead

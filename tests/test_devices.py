@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 from pydantic import ValidationError
-from torch import nn
 
 from nasflow import __version__
 from nasflow.errors import DeviceError
@@ -20,25 +19,11 @@ from nasflow.plugins.devices.onnxruntime_cpu import OnnxRuntimeCPU
 from nasflow.plugins.devices.torch_cpu import TorchCPU
 from nasflow.timing import median_ci_ranks, measure_callable, relative_ci, summarise
 
+from nets import TinyNet
+
 SHAPE = (1, 3, 16, 16)
 # Loose settings: these tests check behaviour, not speed, on a shared 2-core machine.
 FAST = dict(warmup=1, min_runs=5, max_runs=20, rel_ci=0.5, max_seconds=2.0)
-
-
-class TinyNet(nn.Module):
-    """conv + BN + ReLU + depthwise conv + pool + linear."""
-
-    def __init__(self, classes: int = 10):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.dw = nn.Sequential(
-            nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.ReLU()
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, classes)
-
-    def forward(self, x):
-        return self.fc(torch.flatten(self.pool(self.dw(self.stem(x))), 1))
 
 
 class FakeClock:
