@@ -104,6 +104,9 @@ class ProfileConfig(Section):
         0, ge=0, description="whole models measured per device to fit the calibrated LUT predictor (0 = none)"
     )
     refresh: bool = Field(False, description="re-measure the LUT even when one for this fingerprint exists")
+    passes: int = Field(
+        3, ge=1, description="times each LUT operator and calibration model is measured, interleaved; the fastest median is kept"
+    )
 
     @model_validator(mode="after")
     def _calibration_needs_lut(self) -> "ProfileConfig":

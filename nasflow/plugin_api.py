@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -102,6 +103,18 @@ class DeviceBackend(Plugin):
     def measure_artifact(self, path: str, fmt: str, input_shape: tuple[int, ...]) -> Measurement:
         """Time a deployed artifact; only for formats in `artifact_formats`."""
         raise DeviceError(f"device {self.name!r} cannot run {fmt!r} artifacts")
+
+    def prepare(
+        self,
+        jobs: Sequence[tuple["torch.nn.Module", tuple[int, ...]]],
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Optional: get ready to measure many (model, input shape) pairs, e.g. convert them all.
+
+        Called before a batch of `measure_model` calls (a LUT, calibration models) so that slow
+        per-model work can run in parallel, away from the timing. It must not raise for one bad
+        model: `measure_model` reports that model's failure when it gets to it.
+        """
 
 
 # ---------------------------------------------------------------- search

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DeviceError, NasflowError
-from .lut import LutKey, LutOp, arch_op_details, device_batch_size, null_op
+from .lut import LutKey, LutOp, arch_op_details, device_batch_size, fastest_of_passes, null_op
 from .space import Arch, LayerwiseSpace, build_model, format_arch, parse_arch
 
 if TYPE_CHECKING:
@@ -306,17 +306,13 @@ def measure_archs(
     num_classes: int,
     image_size: int | Sequence[int],
     progress: Callable[[int, int], None] | None = None,
+    passes: int = 1,
 ) -> list[float]:
-    """Median latency (ms) of each whole architecture measured on the device."""
+    """Median latency (ms) of each whole architecture on the device, the fastest of `passes`."""
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     shape = (device_batch_size(device), in_channels, *size)
-    out = []
-    for done, arch in enumerate(archs, start=1):
-        model = build_model(_as_arch(arch), in_channels, num_classes)
-        out.append(float(device.measure_model(model, shape).stats.median_ms))
-        if progress is not None:
-            progress(done, len(archs))
-    return out
+    jobs = [(build_model(_as_arch(arch), in_channels, num_classes), shape) for arch in archs]
+    return [float(m.stats.median_ms) for m in fastest_of_passes(device, jobs, passes, progress)]
 
 
 def calibration_archs(
@@ -349,11 +345,12 @@ def calibrate(
     n: int = 12,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    passes: int = 1,
 ) -> tuple[CalibratedLutPredictor, list[Arch], list[float]]:
-    """Measure `n` whole models spread over the space and fit a CalibratedLutPredictor on them."""
+    """Measure `n` whole models spread over the space (fastest of `passes`) and fit a CalibratedLutPredictor."""
     geometry = (in_channels, num_classes, image_size, device_batch_size(device))
     archs = calibration_archs(space, LutSumPredictor(table, *geometry), n=n, seed=seed)
-    measured = measure_archs(device, archs, in_channels, num_classes, image_size, progress)
+    measured = measure_archs(device, archs, in_channels, num_classes, image_size, progress, passes)
     return CalibratedLutPredictor(table, *geometry).fit(archs, measured), archs, measured
 
 

@@ -5,27 +5,39 @@ Methodology (the README summarises this):
 1. **Warm-up.** ``fn`` is called ``warmup`` times untimed, so lazy initialisation, allocator
    growth, caches and JIT paths do not pollute the timings.
 2. **Timed rounds.** Each call is timed on its own with ``time.perf_counter_ns`` (monotonic,
-   nanosecond resolution). Calls run in rounds; the Python garbage collector is disabled during
-   a round (and restored afterwards) so a collection cannot land inside a timed call. The first
-   round has ``min_runs`` calls; later rounds add about half as many again as already taken,
-   shrunk to fit the remaining time budget.
-3. **Outliers.** After each round, timings above ``median + 5 * MAD`` (median absolute
-   deviation) are set aside: on a shared machine these are preemptions by other processes, not
-   properties of the model. The MAD is floored at 1 % of the median so that a run of identical
-   timings (MAD = 0) does not turn every slightly slower call into an "outlier".
-4. **Stop rule.** The 95 % confidence interval of the median is taken from order statistics:
+   nanosecond resolution). Calls run back to back in rounds; the Python garbage collector is
+   disabled during a round (and restored afterwards) so a collection cannot land inside a timed
+   call. The first round has ``min_runs`` calls; later rounds add about half as many again as
+   already taken, shrunk to fit the remaining time budget.
+3. **Contended windows.** On a shared machine (a cloud VM, a laptop with a browser open) the
+   CPU's speed changes for tens to hundreds of milliseconds at a time: another tenant on the
+   host's core, a frequency step. On this project's 2-core VM one model alternated between
+   0.059 and 0.089 ms every ~100 ms, so two measurements of the same model differed by 50 %.
+   The calls are therefore cut, in order, into windows of about ``window_ms`` (at least three
+   calls each); windows whose median is more than ``contention`` (a fraction) above the fastest
+   window's median were run on a slowed machine and are set aside. What is left is the latency
+   of the model on an uncontended core, which is what ranks candidates reproducibly.
+   ``min_seconds`` keeps timing at least that long, so the measurement spans the machine's
+   slow and fast phases rather than landing inside one; ``contention: null`` turns this off.
+4. **Outliers.** Of the remaining calls, those above ``median + 5 * MAD`` (median absolute
+   deviation) are set aside too: single preemptions by other processes, not properties of the
+   model. The MAD is floored at 1 % of the median so that a run of identical timings (MAD = 0)
+   does not turn every slightly slower call into an "outlier".
+5. **Stop rule.** The 95 % confidence interval of the median is taken from order statistics:
    the number of samples below the true median is Binomial(n, 1/2), so the sorted samples at
    ranks ``j`` and ``n + 1 - j``, with ``j`` the largest rank whose lower binomial tail is at
    most 2.5 %, bracket the median with at least 95 % probability, whatever the distribution.
-   Measuring stops once at least ``min_runs`` calls are timed and the half-width of that interval
-   is at most ``rel_ci * median``; or when ``max_runs`` calls are timed; or when ``max_seconds``
-   of timed rounds have elapsed. The time budget wins over ``min_runs`` (a very slow model gets
-   fewer runs, at least one); fewer than six kept samples cannot give a 95 % interval, and the
-   achieved ``rel_ci`` is then reported as infinity.
-5. **Report.** Median, 90th percentile (linear interpolation), mean, standard deviation and
+   Measuring stops once at least ``min_runs`` calls are timed, ``min_seconds`` have passed and
+   the half-width of that interval (over the kept calls) is at most ``rel_ci * median``; or when
+   ``max_runs`` calls are timed and ``min_seconds`` have passed; or when ``max_seconds`` of timed
+   rounds have elapsed. The time budget wins over everything (a very slow model gets fewer runs,
+   at least one); fewer than six kept samples cannot give a 95 % interval, and the achieved
+   ``rel_ci`` is then reported as infinity.
+6. **Report.** Median, 90th percentile (linear interpolation), mean, standard deviation and
    minimum of the kept samples, in milliseconds; ``runs`` counts every timed call (kept plus
-   outliers), ``outliers`` how many were set aside, and ``rel_ci`` the achieved relative
-   half-width. Compare numbers measured side by side, not absolute times across runs.
+   set aside), ``outliers`` how many were set aside (contended windows and single outliers), and
+   ``rel_ci`` the achieved relative half-width. Compare numbers measured side by side, not
+   absolute times across runs.
 """
 
 from __future__ import annotations
@@ -44,6 +56,10 @@ OUTLIER_MADS = 5.0
 MAD_FLOOR = 0.01  # fraction of the median; keeps identical timings from all becoming outliers
 CI_TAIL = 0.025  # each side of a two-sided 95 % interval
 NS_PER_MS = 1e6
+MIN_WINDOW_CALLS = 3  # a window's median needs a few calls to mean anything
+
+TimedRound = Callable[[int, float], list[float]]
+"""Time up to n calls (stopping early once the clock passes the deadline); durations in ns."""
 
 
 def median_ci_ranks(n: int) -> tuple[int, int] | None:
@@ -84,11 +100,37 @@ def split_outliers(samples_ns: Sequence[float]) -> tuple[np.ndarray, int]:
     return kept, int(arr.size - kept.size)
 
 
-def summarise(samples_ns: Sequence[float], warmup: int = 0) -> LatencyStats:
-    """Pure summary of raw per-call timings in nanoseconds (outliers dropped and counted)."""
+def uncontended(samples_ns: Sequence[float], window_ms: float, contention: float) -> np.ndarray:
+    """The calls (in order) outside windows whose median exceeds the fastest window's by `contention`.
+
+    Windows are consecutive calls adding up to about `window_ms` at the typical call time, at
+    least MIN_WINDOW_CALLS each; a short remainder joins the last window.
+    """
+    arr = np.asarray(samples_ns, dtype=np.float64)
+    typical = float(np.median(arr)) if arr.size else 0.0
+    per_window = max(MIN_WINDOW_CALLS, math.ceil(window_ms * NS_PER_MS / typical) if typical > 0 else 1)
+    count = arr.size // per_window
+    if count < 2:
+        return arr
+    bounds = [i * per_window for i in range(count)] + [arr.size]
+    windows = [arr[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+    medians = np.array([np.median(w) for w in windows])
+    limit = medians.min() * (1.0 + contention)
+    return np.concatenate([w for w, m in zip(windows, medians) if m <= limit])
+
+
+def summarise(
+    samples_ns: Sequence[float], warmup: int = 0, window_ms: float = 20.0, contention: float | None = None
+) -> LatencyStats:
+    """Summary of raw per-call timings in nanoseconds, in call order.
+
+    With `contention` (a fraction), calls in contended windows are set aside first (see the
+    module docs); then single outliers. Both count in `outliers`.
+    """
     if len(samples_ns) == 0:
         raise ValueError("summarise() needs at least one timing")
-    kept, outliers = split_outliers(samples_ns)
+    calm = uncontended(samples_ns, window_ms, contention) if contention is not None else samples_ns
+    kept, _ = split_outliers(calm)
     ms = kept / NS_PER_MS
     return LatencyStats(
         median_ms=float(np.median(ms)),
@@ -99,18 +141,18 @@ def summarise(samples_ns: Sequence[float], warmup: int = 0) -> LatencyStats:
         runs=len(samples_ns),
         warmup=warmup,
         rel_ci=relative_ci(kept),
-        outliers=outliers,
+        outliers=len(samples_ns) - int(kept.size),
     )
 
 
 def _timed_round(
     fn: Callable[[], object], n: int, clock: Callable[[], int], deadline_ns: float
-) -> list[int]:
+) -> list[float]:
     """Time up to `n` calls of `fn` one by one, GC held off, stopping early at the deadline."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        out = []
+        out: list[float] = []
         for _ in range(n):
             start = clock()
             fn()
@@ -124,11 +166,67 @@ def _timed_round(
             gc.enable()
 
 
-def _next_round_size(taken: int, max_runs: int, per_call_ns: float, left_ns: float) -> int:
-    """Grow by half the samples so far, capped by max_runs and by what fits in the time left."""
+def _next_round_size(taken: int, cap: int, per_call_ns: float, left_ns: float) -> int:
+    """Grow by half the samples so far, capped by `cap` more calls and by what fits in the time left."""
     want = max(1, taken // 2)
     fits = int(left_ns // per_call_ns) if per_call_ns > 0 else want
-    return max(1, min(want, max_runs - taken, fits))
+    return max(1, min(want, cap, fits))
+
+
+class TimingOptions(BaseModel):
+    """Stop rule and contention handling shared by device backends that time calls one by one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warmup: int = Field(5, ge=0, description="untimed calls before timing starts")
+    min_runs: int = Field(10, ge=1, description="timed calls before the stop rule may fire")
+    max_runs: int = Field(200, ge=1, description="cap on timed calls (once min_seconds have passed)")
+    rel_ci: float = Field(0.02, gt=0, description="target CI half-width relative to the median")
+    min_seconds: float = Field(
+        0.2, ge=0, description="time at least this long, so slow phases of a shared machine can be seen and set aside"
+    )
+    max_seconds: float = Field(3.0, gt=0, description="time budget for the timed calls")
+    contention: float | None = Field(
+        0.25, gt=0, description="set aside windows whose median is this fraction above the fastest window's; null: keep all"
+    )
+    window_ms: float = Field(20.0, gt=0, description="length of a contention window, ms")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TimingOptions":
+        if self.max_runs < self.min_runs:
+            raise ValueError(f"max_runs ({self.max_runs}) must be >= min_runs ({self.min_runs})")
+        return self
+
+
+def run_rounds(
+    timed_round: TimedRound, options: TimingOptions, clock: Callable[[], int] = time.perf_counter_ns
+) -> LatencyStats:
+    """Call `timed_round` in growing rounds until the stop rule fires (see the module docs).
+
+    `timed_round(n, deadline_ns)` times up to n calls and returns their durations in ns; the
+    caller has done the warm-up. `clock` measures the time budget (nanoseconds).
+    """
+    opts = options
+    budget_ns = opts.max_seconds * 1e9
+    floor_ns = min(opts.min_seconds, opts.max_seconds) * 1e9  # the budget wins
+    started = clock()
+    deadline = started + budget_ns
+    samples: list[float] = []
+    round_size = opts.min_runs
+    while True:
+        samples += timed_round(round_size, deadline)
+        stats = summarise(samples, opts.warmup, opts.window_ms, opts.contention)
+        elapsed = clock() - started
+        if elapsed >= budget_ns:
+            return stats
+        if elapsed >= floor_ns and (
+            len(samples) >= opts.max_runs or (len(samples) >= opts.min_runs and stats.rel_ci <= opts.rel_ci)
+        ):
+            return stats
+        per_call = elapsed / len(samples)
+        # Before min_seconds, rounds may exceed max_runs: the floor is about time, not calls.
+        cap = opts.max_runs - len(samples) if elapsed >= floor_ns else int((floor_ns - elapsed) // max(per_call, 1)) + 1
+        round_size = _next_round_size(len(samples), max(cap, 1), per_call, budget_ns - elapsed)
 
 
 def measure_callable(
@@ -138,7 +236,10 @@ def measure_callable(
     min_runs: int = 10,
     max_runs: int = 200,
     rel_ci: float = 0.02,
+    min_seconds: float = 0.0,
     max_seconds: float = 5.0,
+    contention: float | None = None,
+    window_ms: float = 20.0,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> LatencyStats:
     """Time `fn()` until the median is known to within `rel_ci` (see the module docstring).
@@ -148,50 +249,23 @@ def measure_callable(
     """
     if min_runs < 1 or max_runs < min_runs:
         raise ValueError(f"need 1 <= min_runs <= max_runs, got {min_runs} and {max_runs}")
-    for _ in range(warmup):
-        fn()
-    budget_ns = max_seconds * 1e9
-    started = clock()
-    deadline = started + budget_ns
-    samples: list[int] = []
-    round_size = min_runs
-    while True:
-        samples += _timed_round(fn, round_size, clock, deadline)
-        stats = summarise(samples, warmup)
-        elapsed = clock() - started
-        if len(samples) >= max_runs or elapsed >= budget_ns:
-            return stats
-        if len(samples) >= min_runs and stats.rel_ci <= rel_ci:
-            return stats
-        per_call = elapsed / len(samples)
-        round_size = _next_round_size(len(samples), max_runs, per_call, budget_ns - elapsed)
-
-
-class TimingOptions(BaseModel):
-    """Stop-rule options shared by device backends that time calls with `measure_callable`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    warmup: int = Field(5, ge=0, description="untimed calls before timing starts")
-    min_runs: int = Field(10, ge=1, description="timed calls before the stop rule may fire")
-    max_runs: int = Field(200, ge=1, description="hard cap on timed calls")
-    rel_ci: float = Field(0.02, gt=0, description="target CI half-width relative to the median")
-    max_seconds: float = Field(3.0, gt=0, description="time budget for the timed calls")
-
-    @model_validator(mode="after")
-    def _runs_ordered(self) -> "TimingOptions":
-        if self.max_runs < self.min_runs:
-            raise ValueError(f"max_runs ({self.max_runs}) must be >= min_runs ({self.min_runs})")
-        return self
-
-
-def measure_with(fn: Callable[[], object], options: TimingOptions) -> LatencyStats:
-    """`measure_callable` with the stop rule taken from a device's options."""
-    return measure_callable(
-        fn,
-        warmup=options.warmup,
-        min_runs=options.min_runs,
-        max_runs=options.max_runs,
-        rel_ci=options.rel_ci,
-        max_seconds=options.max_seconds,
+    options = TimingOptions(
+        warmup=warmup,
+        min_runs=min_runs,
+        max_runs=max_runs,
+        rel_ci=rel_ci,
+        min_seconds=min_seconds,
+        max_seconds=max_seconds,
+        contention=contention,
+        window_ms=window_ms,
     )
+    return measure_with(fn, options, clock)
+
+
+def measure_with(
+    fn: Callable[[], object], options: TimingOptions, clock: Callable[[], int] = time.perf_counter_ns
+) -> LatencyStats:
+    """Warm up, then time `fn()` with the stop rule and contention handling of a device's options."""
+    for _ in range(options.warmup):
+        fn()
+    return run_rounds(lambda n, deadline: _timed_round(fn, n, clock, deadline), options, clock)

@@ -20,8 +20,8 @@ space:
   expansions: [1, 3]
   head_channels: 32
 devices:
-  - {{name: torch-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
-  - {{name: onnxruntime-cpu, options: {{threads: 1, max_seconds: 0.3, max_runs: 50}}}}
+  - {{name: torch-cpu, options: {{threads: 1, min_seconds: 0, max_seconds: 0.3, max_runs: 50}}}}
+  - {{name: onnxruntime-cpu, options: {{threads: 1, min_seconds: 0, max_seconds: 0.3, max_runs: 50}}}}
 objectives: {objectives}
 profile: {{enabled: {str(enabled['profile']).lower()}}}
 search:

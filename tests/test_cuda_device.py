@@ -24,7 +24,7 @@ from nasflow.plugins.devices.cuda import CudaDevice, CudaOptions, measure_energy
 HAS_CUDA = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU visible to PyTorch")
 cpu_only = pytest.mark.skipif(HAS_CUDA, reason="checks the behaviour on machines without a CUDA GPU")
-FAST = dict(warmup=2, min_runs=5, max_runs=30, rel_ci=0.5, max_seconds=2.0)
+FAST = dict(warmup=2, min_runs=5, max_runs=30, rel_ci=0.5, min_seconds=0.0, max_seconds=2.0)
 
 
 class TinyNet(nn.Module):
@@ -127,7 +127,7 @@ def fake_torch():
 
 def test_event_timed_loop_uses_the_events_and_the_stop_rule():
     calls = []
-    opts = CudaOptions(warmup=3, min_runs=6, max_runs=40, rel_ci=0.02, max_seconds=5.0)
+    opts = CudaOptions(warmup=3, min_runs=6, max_runs=40, rel_ci=0.02, min_seconds=0.0, max_seconds=5.0)
     stats = measure_events(lambda: calls.append(1), opts, fake_torch(), device=None)
     # Identical 1 ms samples (two half steps): the interval is zero, so the first round suffices.
     assert stats.median_ms == pytest.approx(FakeEvent.step_ms / 2) and stats.std_ms == 0
@@ -136,7 +136,7 @@ def test_event_timed_loop_uses_the_events_and_the_stop_rule():
 
 
 def test_event_timed_loop_stops_at_max_runs_when_never_stable():
-    opts = CudaOptions(warmup=0, min_runs=5, max_runs=25, rel_ci=1e-9, max_seconds=5.0)
+    opts = CudaOptions(warmup=0, min_runs=5, max_runs=25, rel_ci=1e-9, min_seconds=0.0, max_seconds=5.0, contention=None)
     state = {"i": 0}
 
     def noisy():  # calls of 1..5 ms in turn: the median's interval never shrinks below 1e-9

@@ -23,7 +23,7 @@ from nets import TinyNet
 
 SHAPE = (1, 3, 16, 16)
 # Loose settings: these tests check behaviour, not speed, on a shared 2-core machine.
-FAST = dict(warmup=1, min_runs=5, max_runs=20, rel_ci=0.5, max_seconds=2.0)
+FAST = dict(warmup=1, min_runs=5, max_runs=20, rel_ci=0.5, min_seconds=0.0, max_seconds=2.0)
 
 
 class FakeClock:
@@ -119,6 +119,40 @@ def test_time_budget_stops_before_min_runs():
 
     stats = measure_callable(slow, warmup=0, min_runs=10, max_runs=50, max_seconds=1.0, clock=clock)
     assert 1 <= stats.runs < 10
+
+
+def test_contended_windows_are_set_aside():
+    # 20 ms windows of 1 ms calls; the machine is 50 % slower for 3 of 5 windows.
+    fast, slow = [1_000_000 + 1_000 * (i % 3) for i in range(20)], [1_500_000 + 1_000 * (i % 3) for i in range(20)]
+    samples = slow + fast + slow + fast + slow
+    plain = summarise(samples)
+    assert plain.median_ms == pytest.approx(1.5, abs=0.01)  # the slow phase wins a plain median
+    stats = summarise(samples, window_ms=20, contention=0.25)
+    assert stats.median_ms == pytest.approx(1.001, abs=0.002)
+    assert stats.outliers == 60 and stats.runs == 100
+    # Windows within the tolerance of the fastest are all kept.
+    assert summarise(samples, window_ms=20, contention=0.6).outliers == 0
+
+
+def test_contention_needs_two_windows_and_at_least_three_calls_per_window():
+    samples = [1_000_000] * 5 + [2_000_000] * 5
+    # 20 ms windows hold all ten 1-2 ms calls: one window, nothing to compare, nothing set aside.
+    assert summarise(samples, window_ms=20, contention=0.25).outliers == 0
+    # Tiny windows still take three calls each: windows [1,1,1] [1,1,2] [2,2,2,2]; the last is
+    # contended, and the 2 ms call of the middle one is then a single outlier (median + 5 MAD).
+    stats = summarise(samples, window_ms=0.001, contention=0.25)
+    assert stats.outliers == 5 and stats.median_ms == pytest.approx(1.0)
+
+
+def test_min_seconds_keeps_timing_past_max_runs():
+    clock = FakeClock(step_ns=500_000)  # each clock reading advances 0.5 ms: about 1 ms per call
+    stats = measure_callable(lambda: None, warmup=0, min_runs=5, max_runs=10, min_seconds=0.1, clock=clock)
+    assert clock.now >= 100_000_000  # timing went on for min_seconds ...
+    assert stats.runs > 40  # ... far past the 10 calls max_runs alone allows
+    # The time budget still wins over min_seconds.
+    short = measure_callable(lambda: None, warmup=0, min_runs=5, max_runs=10, min_seconds=1.0,
+                             max_seconds=0.02, clock=FakeClock(step_ns=500_000))
+    assert short.runs <= 21
 
 
 def test_sleep_median_is_plausible():

@@ -22,7 +22,7 @@ from nasflow.space import build_model, parse_arch
 REASON = LiteRTDevice.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"litert device not usable here: {REASON}")
 
-FAST = dict(warmup=2, min_runs=5, max_runs=50, rel_ci=0.5, max_seconds=0.3)
+FAST = dict(warmup=2, min_runs=5, max_runs=50, rel_ci=0.5, min_seconds=0.0, max_seconds=0.3)
 ARCH = "stem_c8_s1-ir_k3_e3_c8_s1-ir_k5_e3_c16_s2-skip_c16-head_c32"
 SHAPE = (1, 1, 8, 8)
 
@@ -126,3 +126,23 @@ def test_measure_artifact_times_a_tflite_file(measured, tmp_path):
     broken.write_bytes(b"not a flatbuffer")
     with pytest.raises(DeviceError, match="cannot load"):
         measured.device.measure_artifact(str(broken), "tflite", SHAPE)
+
+
+class Unconvertible(torch.nn.Module):
+    """Data-dependent control flow: torch.export, and so the converter, rejects it."""
+
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x - 1
+
+
+def test_prepare_converts_a_batch_in_worker_processes_and_leaves_failures_to_measure(tmp_path):
+    device = LiteRTDevice(LiteRTOptions(cache_dir=tmp_path, convert_workers=2, **FAST))
+    good = build_model(parse_arch(ARCH), 1, 10)
+    other = build_model(parse_arch(ARCH.replace("ir_k5_e3", "ir_k3_e1")), 1, 10)
+    jobs = [(good, SHAPE), (other, SHAPE), (Unconvertible(), SHAPE), (good, SHAPE)]
+    device.prepare(jobs)  # must not raise for the bad model
+    assert len(list(tmp_path.glob("*.tflite"))) == 2  # the repeated model was converted once
+    assert device.measure_model(good, SHAPE).extra["cache_hit"] is True
+    assert device.measure_model(other, SHAPE).extra["cache_hit"] is True
+    with pytest.raises(DeviceError, match="cannot convert Unconvertible"):
+        device.measure_model(Unconvertible(), SHAPE)

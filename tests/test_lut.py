@@ -26,7 +26,7 @@ from nasflow.plugins.devices.torch_cpu import TorchCPU
 from nasflow.registry import Registry
 from nasflow.space import Block, LayerwiseSpace, count_macs, parse_arch
 
-FAST = dict(threads=1, max_seconds=0.1, max_runs=30)
+FAST = dict(threads=1, min_seconds=0.0, max_seconds=0.1, max_runs=30)
 IN_CHANNELS, NUM_CLASSES, IMAGE = 1, 10, 8  # digits-like input (1, 1, 8, 8)
 SPACE = SpaceConfig(
     stem_channels=8,
@@ -190,3 +190,44 @@ def test_failed_op_is_a_device_error_naming_the_op(space):
 
     with pytest.raises(DeviceError, match=r"null@1 \(1x1x8x8\).*boom"):
         build_lut(Broken(TorchCPU.Options(**FAST)), space, IN_CHANNELS, NUM_CLASSES, IMAGE)
+
+
+def test_passes_interleave_the_models_and_keep_each_fastest_median(space):
+    """Each op is timed once per pass, passes go over the whole batch, the fastest median wins."""
+    from dataclasses import replace
+
+    from nasflow.lut import fastest_of_passes
+
+    order, prepared = [], []
+    slow_first = {0: [3.0, 1.0, 2.0], 1: [1.0, 5.0, 4.0]}  # medians each pass returns, per model
+
+    class Scripted(TorchCPU):
+        def prepare(self, jobs, progress=None):
+            prepared.append(len(jobs))
+
+        def measure_model(self, model, input_shape):
+            index = model.index
+            order.append(index)
+            real = super().measure_model(torch.nn.Identity(), input_shape)
+            return replace(real, stats=replace(real.stats, median_ms=slow_first[index][order.count(index) - 1]))
+
+    models = [torch.nn.Identity(), torch.nn.Identity()]
+    for i, m in enumerate(models):
+        m.index = i
+    progress = []
+    out = fastest_of_passes(
+        Scripted(TorchCPU.Options(**FAST)), [(m, (1, 1, 4, 4)) for m in models], passes=3,
+        progress=lambda d, t: progress.append((d, t)),
+    )
+    assert order == [0, 1, 0, 1, 0, 1]  # interleaved, not model by model
+    assert [m.stats.median_ms for m in out] == [1.0, 1.0]
+    assert prepared == [2]  # the device prepared the whole batch once, before timing
+    assert progress[0] == (0, 6) and progress[-1] == (6, 6)
+    with pytest.raises(ValueError, match="passes"):
+        fastest_of_passes(Scripted(TorchCPU.Options(**FAST)), [], passes=0)
+
+
+def test_build_lut_with_passes_measures_every_op_that_often(space):
+    CountingTorchCPU.calls = 0
+    rows = build_lut(CountingTorchCPU(TorchCPU.Options(**FAST)), space, IN_CHANNELS, NUM_CLASSES, IMAGE, passes=2)
+    assert CountingTorchCPU.calls == 2 * len(rows)

@@ -30,7 +30,7 @@ from nasflow.predictors import (
 )
 from nasflow.space import ArchNet, LayerwiseSpace, count_macs, format_arch
 
-FAST = dict(threads=1, max_seconds=0.1, max_runs=30)
+FAST = dict(threads=1, min_seconds=0.0, max_seconds=0.1, max_runs=30)
 GEOMETRY = (1, 10, 8)  # in_channels, num_classes, image_size: digits-like input (1, 1, 8, 8)
 # 4 x 4 x 5 = 80 architectures: room for 10 calibration and 10 held-out ones.
 SPACE = SpaceConfig(

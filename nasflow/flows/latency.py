@@ -44,8 +44,10 @@ def profile_device(registry: Registry, spec: Spec, device: DeviceBackend, data: 
     space = LayerwiseSpace(spec.space)
     geometry = (data.in_channels, data.num_classes, data.image_size)
     table, built = load_or_build_lut(
-        registry, device, space, *geometry, refresh=refresh,
-        progress=lambda done, total: rep.message(f"{device.name}: LUT {done}/{total} operators") if done == total else None,
+        registry, device, space, *geometry, refresh=refresh, passes=spec.profile.passes,
+        progress=lambda done, total: rep.message(
+            f"{device.name}: LUT timed ({total} measurements, {spec.profile.passes} pass(es))"
+        ) if done == total and total else None,
     )
     record: dict[str, Any] = {"lut_entries": len(table), "lut_built": built}
     if spec.profile.calibrate:
@@ -54,7 +56,9 @@ def profile_device(registry: Registry, spec: Spec, device: DeviceBackend, data: 
             stored = json.loads(path.read_text())
             record.update(predictor=str(path), predictor_reused=True, predictor_fit=stored.get("fit", {}))
             return record
-        predictor, archs, measured = calibrate(device, space, table, *geometry, n=spec.profile.calibrate)
+        predictor, archs, measured = calibrate(
+            device, space, table, *geometry, n=spec.profile.calibrate, passes=spec.profile.passes
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(predictor.to_dict()))
         record.update(predictor=str(path), predictor_reused=False, predictor_fit=predictor.fit_info)

@@ -10,10 +10,9 @@ Methodology (the CPU backends' stop rule, with the GPU's own clock):
 * Each timed call is bracketed by two ``torch.cuda.Event(enable_timing=True)`` recorded on the
   current stream, and the end event is synchronised before the next call, so a sample is the
   GPU time of one whole inference (kernel launches included, host work after the last kernel
-  not). Samples go through :func:`nasflow.timing.summarise` (outliers above median + 5 MAD set
-  aside) with the same rounds and stop rule as :func:`nasflow.timing.measure_callable`: stop
-  once the 95 % CI of the median is within ``rel_ci``, or at ``max_runs`` / ``max_seconds`` of
-  wall time.
+  not). Samples go through :func:`nasflow.timing.run_rounds`, the CPU backends' rounds,
+  contention windows, outlier rule and stop rule: stop once ``min_seconds`` have passed and the
+  95 % CI of the median is within ``rel_ci``, or at ``max_runs`` / ``max_seconds`` of wall time.
 * ``energy=True`` reads NVML's total-energy counter (``nvmlDeviceGetTotalEnergyConsumption``,
   millijoules, Volta and newer) before and after a separate loop of back-to-back calls lasting
   at least ``energy_seconds``, and reports millijoules per call and per image and the mean
@@ -37,16 +36,7 @@ from nasflow.errors import DeviceError
 from nasflow.fingerprint import base_fingerprint, fingerprint_hash
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
-from nasflow.timing import TimingOptions, summarise
-
-try:  # the CPU backends' round-growth rule, so both stop the same way
-    from nasflow.timing import _next_round_size
-except ImportError:  # pragma: no cover - a private helper; keep this plugin importable if it moves
-
-    def _next_round_size(taken: int, max_runs: int, per_call_ns: float, left_ns: float) -> int:
-        want = max(1, taken // 2)
-        fits = int(left_ns // per_call_ns) if per_call_ns > 0 else want
-        return max(1, min(want, max_runs - taken, fits))
+from nasflow.timing import TimingOptions, run_rounds
 
 if TYPE_CHECKING:
     import torch
@@ -139,42 +129,35 @@ def _as_str(value: Any) -> str:
 def measure_events(fn, options: TimingOptions, torch, device) -> LatencyStats:
     """Warm up, then time `fn()` call by call with CUDA events until the median is stable.
 
-    The rounds, outlier rule and stop rule are those of ``nasflow.timing.measure_callable``;
-    only the per-call clock differs (CUDA events, milliseconds converted to nanoseconds), and
-    the time budget is wall time.
+    The rounds, contention windows, outlier rule and stop rule are those of
+    ``nasflow.timing.run_rounds``; only the per-call clock differs (CUDA events, milliseconds
+    converted to nanoseconds), and the time budget is wall time.
     """
     for _ in range(options.warmup):
         fn()
     torch.cuda.synchronize(device)
     start_event = torch.cuda.Event(enable_timing=True)
     end_event = torch.cuda.Event(enable_timing=True)
-    budget_ns = options.max_seconds * 1e9
-    started = time.perf_counter_ns()
-    deadline = started + budget_ns
-    samples: list[float] = []
-    round_size = options.min_runs
-    while True:
+
+    def timed_round(n: int, deadline_ns: float) -> list[float]:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
-            for _ in range(round_size):
+            out = []
+            for _ in range(n):
                 start_event.record()
                 fn()
                 end_event.record()
                 end_event.synchronize()
-                samples.append(start_event.elapsed_time(end_event) * 1e6)  # ms -> ns
-                if time.perf_counter_ns() >= deadline:
+                out.append(start_event.elapsed_time(end_event) * 1e6)  # ms -> ns
+                if time.perf_counter_ns() >= deadline_ns:
                     break
+            return out
         finally:
             if was_enabled:
                 gc.enable()
-        stats = summarise(samples, options.warmup)
-        elapsed = time.perf_counter_ns() - started
-        if len(samples) >= options.max_runs or elapsed >= budget_ns:
-            return stats
-        if len(samples) >= options.min_runs and stats.rel_ci <= options.rel_ci:
-            return stats
-        round_size = _next_round_size(len(samples), options.max_runs, elapsed / len(samples), budget_ns - elapsed)
+
+    return run_rounds(timed_round, options)
 
 
 def measure_energy(fn, pynvml, handle, torch, device, seconds: float, median_ms: float) -> dict[str, float]:

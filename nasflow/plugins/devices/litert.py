@@ -33,6 +33,11 @@ Methodology
 * **Conversion.** ``litert_torch.convert(model.eval(), (sample,))`` on one fixed random input of
   the timed shape (batch first, NCHW kept: the converter inserts the layout transposes), then
   ``export``. The model's train/eval mode is restored afterwards. Conversions run one at a time.
+* **Batches.** Before a batch of models is timed (a LUT, calibration models), ``prepare``
+  converts the uncached ones in ``convert_workers`` spawned processes (default: one per core),
+  so conversion runs in parallel and never overlaps the timing. Converting many operators as
+  signatures of one ``.tflite`` was tried and saves nothing: the cost is per graph (export and
+  lowering), not per converter call.
 * **Cache.** Conversion takes seconds, so converted files are kept in ``cache_dir`` under a name
   made of the architecture hash (``arch_hash`` plus the class count for nasflow's ``ArchNet``;
   otherwise a hash of the module's structure and parameter shapes), the input shape, and a hash of
@@ -57,11 +62,13 @@ import importlib.util
 import itertools
 import logging
 import math
+import multiprocessing
 import os
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,6 +255,55 @@ def cached_tflite(
     return path, time.perf_counter() - start
 
 
+def _convert_job(model: "torch.nn.Module", input_shape: tuple[int, ...], path: str) -> str | None:
+    """Worker-process body of `convert_all`: convert one model; the error's first line, or None."""
+    try:
+        convert_to_tflite(model, input_shape, path)
+        return None
+    except DeviceError as exc:
+        return str(exc)
+
+
+def convert_all(
+    jobs: list[tuple["torch.nn.Module", tuple[int, ...], Path]],
+    workers: int,
+    progress: "Callable[[int, int], None] | None" = None,
+) -> dict[Path, str]:
+    """Convert (model, input shape, path) jobs with `workers` processes; {path: error} of failures.
+
+    Conversion is CPU-bound and holds process-global state, so parallelism means processes
+    (spawned: the converter and fork do not mix). Each worker pays the converter's import once
+    (5-10 s), so one worker, or one job, converts in this process instead.
+    """
+    failures: dict[Path, str] = {}
+    done = 0
+    if progress is not None:
+        progress(0, len(jobs))
+    if workers <= 1 or len(jobs) <= 1:
+        for model, shape, path in jobs:
+            error = _convert_job(model, shape, str(path))
+            if error is not None:
+                failures[path] = error
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+        return failures
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = {pool.submit(_convert_job, model, shape, str(path)): path for model, shape, path in jobs}
+        for future in as_completed(futures):
+            try:
+                error = future.result()
+            except Exception as exc:  # a worker that died, a model that does not pickle
+                error = f"litert: conversion worker failed: {_first_line(exc)}"
+            if error is not None:
+                failures[futures[future]] = error
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+    return failures
+
+
 # ---------------------------------------------------------------- device
 
 
@@ -257,6 +313,9 @@ class LiteRTOptions(TimingOptions):
     threads: int = Field(1, ge=1, description="interpreter threads (num_threads)")
     xnnpack: bool = Field(True, description="use the default XNNPACK delegate (false: built-in kernels only)")
     cache_dir: Path = Field(Path(".nasflow/tflite"), description="converted .tflite files, reused across runs")
+    convert_workers: int = Field(
+        0, ge=0, description="processes converting a batch of models (a LUT, calibration models) in parallel; 0: one per CPU core"
+    )
 
 
 class LiteRTDevice(DeviceBackend):
@@ -301,6 +360,24 @@ class LiteRTDevice(DeviceBackend):
             **details,
         }
         return self._measurement(stats, shape[0], extra)
+
+    def prepare(self, jobs, progress=None) -> None:
+        """Convert every model of the batch that is not cached yet, in parallel worker processes.
+
+        Failures are left for `measure_model`, which converts again and reports that model's error.
+        """
+        if _find_runtime()[0] is None or not converter_available():
+            return  # measure_model explains what is missing
+        todo: dict[Path, tuple[Any, tuple[int, ...]]] = {}
+        for model, shape in jobs:
+            shape = tuple(int(n) for n in shape)
+            path = cache_path(model, shape, self.options.cache_dir)
+            if not (path.is_file() and path.stat().st_size > 0):
+                todo.setdefault(path, (model, shape))
+        if not todo:
+            return
+        workers = min(len(todo), self.options.convert_workers or os.cpu_count() or 1)
+        convert_all([(m, shape, path) for path, (m, shape) in todo.items()], workers, progress)
 
     def measure_artifact(self, path: str, fmt: str, input_shape: tuple[int, ...]) -> Measurement:
         if fmt not in self.artifact_formats:
