@@ -96,6 +96,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .flows.evaluate import make_devices
@@ -105,9 +112,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     spec = load_spec(args.spec).spec
+    update: dict = {"lut": True}
     if args.calibrate is not None:
-        profile = spec.profile.model_copy(update={"lut": True, "calibrate": args.calibrate})
-        spec = spec.model_copy(update={"profile": type(profile).model_validate(profile.model_dump())})
+        update["calibrate"] = args.calibrate
+    if args.passes is not None:
+        update["passes"] = args.passes
+    profile = spec.profile.model_copy(update=update)
+    spec = spec.model_copy(update={"profile": type(profile).model_validate(profile.model_dump())})
     chosen = [d for d in spec.devices if not args.device or d.name in args.device]
     unknown = sorted(set(args.device or []) - {d.name for d in spec.devices})
     if unknown:
@@ -183,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", help="only this device (repeatable; default: all of the spec's)")
     p.add_argument("--refresh", action="store_true", help="re-measure even when a LUT for this fingerprint exists")
     p.add_argument("--calibrate", type=int, metavar="N", help="also fit the calibrated predictor on N measured models")
+    p.add_argument("--passes", type=_positive_int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")

@@ -163,7 +163,9 @@ class MorphConfig(Section):
 
 class DeployConfig(Section):
     enabled: bool = True
-    formats: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"], min_length=1)
+    formats: list[Literal["onnx", "tflite"]] = Field(
+        default_factory=lambda: ["onnx"], min_length=1, description="onnx; tflite (float32, needs the litert packages)"
+    )
     out_dir: Path = Path("deploy")
     opset: int = Field(17, ge=11)
     atol: float = Field(1e-4, gt=0, description="max abs difference allowed between PyTorch and the artifact")

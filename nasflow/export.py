@@ -10,7 +10,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -190,6 +190,32 @@ def _verify_session(path_or_bytes: bytes | str | os.PathLike):
         raise ExportError(f"onnxruntime cannot load the ONNX model: {exc}") from exc
 
 
+def verify_outputs(
+    model: "torch.nn.Module",
+    run: Callable[[np.ndarray], Sequence[np.ndarray]],
+    input_shape: tuple[int, ...],
+    atol: float = 1e-4,
+    n_inputs: int = 4,
+    seed: int = 0,
+) -> VerifyResult:
+    """Run `n_inputs` seeded random inputs through PyTorch and `run` (an artifact's runtime); compare outputs."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with eval_mode(model), torch.no_grad():
+        for _ in range(n_inputs):
+            x = torch.randn(*input_shape, generator=gen)
+            expected = _torch_outputs(model(x))
+            actual = list(run(x.numpy()))
+            if len(actual) != len(expected):
+                worst = float("inf")
+                continue
+            for e, a in zip(expected, actual):
+                worst = max(worst, _abs_err(e, np.asarray(a)))
+    return VerifyResult(max_abs_err=worst, atol=atol, passed=worst <= atol)
+
+
 def verify_onnx(
     model: "torch.nn.Module",
     path_or_bytes: bytes | str | os.PathLike,
@@ -199,23 +225,13 @@ def verify_onnx(
     seed: int = 0,
 ) -> VerifyResult:
     """Run `n_inputs` seeded random inputs through PyTorch and onnxruntime; compare outputs."""
-    import torch
-
     session = _verify_session(path_or_bytes)
     input_name = session.get_inputs()[0].name
-    gen = torch.Generator().manual_seed(seed)
-    worst = 0.0
-    with eval_mode(model), torch.no_grad():
-        for _ in range(n_inputs):
-            x = torch.randn(*input_shape, generator=gen)
-            expected = _torch_outputs(model(x))
-            try:
-                actual = session.run(None, {input_name: x.numpy()})
-            except Exception as exc:
-                raise ExportError(f"onnxruntime failed to run the ONNX model: {exc}") from exc
-            if len(actual) != len(expected):
-                worst = float("inf")
-                continue
-            for e, a in zip(expected, actual):
-                worst = max(worst, _abs_err(e, np.asarray(a)))
-    return VerifyResult(max_abs_err=worst, atol=atol, passed=worst <= atol)
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        try:
+            return session.run(None, {input_name: x})
+        except Exception as exc:
+            raise ExportError(f"onnxruntime failed to run the ONNX model: {exc}") from exc
+
+    return verify_outputs(model, run, input_shape, atol, n_inputs, seed)

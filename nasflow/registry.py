@@ -108,7 +108,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("artifact_id", "VARCHAR", "Identifier of the artifact."),
         ("candidate_id", "VARCHAR", "Candidate exported (`candidates.candidate_id`)."),
         ("run_id", "VARCHAR", "Run that exported it (`runs.run_id`)."),
-        ("format", "VARCHAR", "Export format (e.g. `onnx`, `tflite_fp32`, `tflite_int8`, `edgetpu`)."),
+        ("format", "VARCHAR", "Export format (`deploy.formats`: `onnx`, `tflite`)."),
         ("path", "VARCHAR", "Where the file was written."),
         ("sha256", "VARCHAR", "SHA-256 of the file."),
         ("size_bytes", "BIGINT", "File size in bytes."),

@@ -199,6 +199,13 @@ def _environment_messages(spec: Spec, lines: dict[tuple, int], source: str) -> l
     if problem:
         loc = ("execution", "runner")
         messages.append(f"{source}:{_line_for(lines, loc)}: execution.runner: {problem}")
+    if spec.deploy.enabled and "tflite" in spec.deploy.formats:
+        from .plugins.devices.litert import LiteRTDevice
+
+        problem = LiteRTDevice.unavailable_reason()
+        if problem:
+            loc = ("deploy", "formats")
+            messages.append(f"{source}:{_line_for(lines, loc)}: deploy.formats: tflite cannot be written here: {problem}")
     return messages
 
 

@@ -381,3 +381,17 @@ def test_devices_shows_cpu_backends_usable():
     assert result.returncode == 0, result.stderr
     usable = {line.split()[0]: line.split()[1] for line in result.stdout.splitlines()[2:-1]}
     assert usable.get("torch-cpu") == "yes" and usable.get("onnxruntime-cpu") == "yes", result.stdout
+
+
+def test_profile_times_each_operator_in_passes_and_reuses_the_lut(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(tiny_spec_text(tmp_path))
+    first = nasflow("profile", spec, "--device", "torch-cpu", "--passes", "2")
+    assert first.returncode == 0, first.stderr
+    assert "torch-cpu" in first.stdout and "measured" in first.stdout
+    _, rows = open_readonly(tmp_path / "registry.duckdb").query("SELECT count(*) FROM lut WHERE device = 'torch-cpu'")
+    assert rows[0][0] > 0
+    again = nasflow("profile", spec, "--device", "torch-cpu")
+    assert again.returncode == 0 and "reused" in again.stdout
+    bad = nasflow("profile", spec, "--passes", "0")
+    assert bad.returncode == EXIT_ERROR and "must be at least 1" in bad.stderr

@@ -146,3 +146,46 @@ def test_prepare_converts_a_batch_in_worker_processes_and_leaves_failures_to_mea
     assert device.measure_model(other, SHAPE).extra["cache_hit"] is True
     with pytest.raises(DeviceError, match="cannot convert Unconvertible"):
         device.measure_model(Unconvertible(), SHAPE)
+
+
+def test_verify_tflite_accepts_the_converted_model_and_rejects_another(tmp_path):
+    from nasflow.plugins.devices.litert import verify_tflite
+
+    torch.manual_seed(0)
+    model = perturbed(build_model(parse_arch(ARCH), 1, 10))
+    path = convert_to_tflite(model, SHAPE, tmp_path / "m.tflite")
+    same = verify_tflite(model, path, SHAPE, atol=1e-4)
+    assert same.passed and same.max_abs_err < 1e-4
+    torch.manual_seed(1)
+    other = verify_tflite(build_model(parse_arch(ARCH), 1, 10), path, SHAPE, atol=1e-4)
+    assert not other.passed and other.max_abs_err > 1e-3
+
+
+def test_pipeline_deploys_a_verified_tflite_and_times_it_on_litert(tmp_path):
+    from conftest import tiny_spec_text
+
+    from nasflow.flows.pipeline import run_spec
+    from nasflow.registry import Registry
+    from nasflow.spec import load_spec
+
+    text = tiny_spec_text(tmp_path, name="tflite-deploy", search=False, morph=False)
+    text = text.replace(
+        "  - {name: onnxruntime-cpu,",
+        f"  - {{name: litert, options: {{threads: 1, min_seconds: 0, max_seconds: 0.3, cache_dir: {tmp_path / 'tfl'}}}}}\n"
+        "  - {name: onnxruntime-cpu,",
+    )
+    text = text.replace("train: {enabled: true, top_k: 1,", f"train: {{enabled: true, top_k: 1, archs: [{ARCH}],")
+    text = text.replace(f"deploy: {{enabled: true, out_dir:", "deploy: {enabled: true, formats: [onnx, tflite], out_dir:")
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    summary = run_spec(load_spec(path))
+    registry = Registry(tmp_path / "registry.duckdb")
+    artifacts = {a["format"]: a for a in registry.get_artifacts(summary.run_id)}
+    assert set(artifacts) == {"onnx", "tflite"}
+    tflite = artifacts["tflite"]
+    assert tflite["verified"] and tflite["max_abs_err"] <= 1e-4 and tflite["path"].endswith(".tflite")
+    _, rows = registry.query(
+        "SELECT device, source, runtime FROM measurements WHERE artifact_id = ?", [tflite["artifact_id"]]
+    )
+    assert [(d, s) for d, s, _ in rows] == [("litert", "measured")]  # only litert runs .tflite files
+    assert "ai-edge-litert" in rows[0][2] or "tflite-runtime" in rows[0][2]

@@ -147,3 +147,19 @@ def test_unusable_device_is_refused_at_validation_with_how_to_fix():
     message = str(err.value)
     assert "s.yaml:3: devices[0].name: device 'cuda' is not usable here" in message
     assert "CUDA" in message and "install" in message
+
+
+def test_tflite_deploy_needs_the_litert_packages_and_says_how_to_get_them(monkeypatch):
+    from nasflow.plugins.devices.litert import LiteRTDevice
+
+    text = GOOD + "deploy: {formats: [onnx, tflite]}\n"
+    monkeypatch.setattr(LiteRTDevice, "unavailable_reason", classmethod(lambda cls, options=None: "no LiteRT here: pip install x"))
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, "s.yaml")
+    assert "s.yaml:12: deploy.formats: tflite cannot be written here: no LiteRT here: pip install x" in str(err.value)
+    # Deploy off, or onnx only: nothing to check.
+    parse_spec(GOOD + "deploy: {enabled: false, formats: [tflite]}\n", "s.yaml")
+    parse_spec(GOOD + "deploy: {formats: [onnx]}\n", "s.yaml")
+    monkeypatch.undo()
+    with pytest.raises(SpecError, match="deploy.formats"):
+        parse_spec(GOOD + "deploy: {formats: [tflite_int8]}\n", "s.yaml")  # not a format (yet)

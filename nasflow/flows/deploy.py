@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow
 
 from ..data import load_dataset
-from ..export import export_onnx, sha256_file, verify_onnx
+from ..errors import ExportError
+from ..export import VerifyResult, export_onnx, sha256_file, verify_onnx
 from ..progress import reporter
 from .context import RunContext
 from .evaluate import describe_error, make_devices
@@ -22,26 +23,38 @@ def artifact_path(ctx: RunContext, candidate: dict, fmt: str) -> Path:
     return ctx.spec.deploy.out_dir / ctx.spec.name / f"{candidate['arch_hash']}-{candidate['stage']}.{fmt}"
 
 
-def _deploy_onnx(ctx: RunContext, candidate: dict, devices) -> tuple[dict, list[dict]]:
+def _export(fmt: str, model, input_shape: tuple[int, ...], path: Path, spec) -> VerifyResult:
+    """Write `model` as `fmt` at `path` and compare the artifact's outputs with PyTorch's."""
+    if fmt == "onnx":
+        export_onnx(model, input_shape, path, opset=spec.deploy.opset)
+        return verify_onnx(model, path, input_shape, atol=spec.deploy.atol)
+    if fmt == "tflite":
+        from ..plugins.devices.litert import convert_to_tflite, verify_tflite
+
+        convert_to_tflite(model, input_shape, path)
+        return verify_tflite(model, path, input_shape, atol=spec.deploy.atol)
+    raise ExportError(f"unknown deploy format {fmt!r}")
+
+
+def _deploy(ctx: RunContext, candidate: dict, fmt: str, devices) -> tuple[dict, list[dict]]:
     spec = ctx.spec
     data = load_dataset(spec.dataset)
     model = load_trained(ctx, candidate["arch"], candidate["extra"]["checkpoint"])
-    path = artifact_path(ctx, candidate, "onnx")
+    path = artifact_path(ctx, candidate, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, data.input_shape, path, opset=spec.deploy.opset)
-    check = verify_onnx(model, path, data.input_shape, atol=spec.deploy.atol)
+    check = _export(fmt, model, data.input_shape, path, spec)
     artifact = {
-        "artifact_id": stable_id("artifact", candidate["candidate_id"], "onnx"),
-        "candidate_id": candidate["candidate_id"], "run_id": ctx.run_id, "format": "onnx",
+        "artifact_id": stable_id("artifact", candidate["candidate_id"], fmt),
+        "candidate_id": candidate["candidate_id"], "run_id": ctx.run_id, "format": fmt,
         "path": str(path.resolve()), "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
         "max_abs_err": check.max_abs_err, "tolerance": check.atol, "verified": check.passed,
     }
     if not check.passed:  # recorded as unverified; not timed, since it is not the same model
         return artifact, []
     measured = [
-        device.measure_artifact(str(path), "onnx", data.input_shape)
+        device.measure_artifact(str(path), fmt, data.input_shape)
         for device in devices.values()
-        if "onnx" in device.artifact_formats
+        if fmt in device.artifact_formats
     ]
     return artifact, measurement_rows(candidate["candidate_id"], ctx.run_id, measured, artifact["artifact_id"])
 
@@ -65,7 +78,7 @@ def deploy_stage(ctx: RunContext) -> dict[str, Any]:
             rep.advance(STAGE, 1, f"{Path(previous['path']).name} reused")
             continue
         try:
-            artifact, mrows = _deploy_onnx(ctx, candidate, devices)
+            artifact, mrows = _deploy(ctx, candidate, fmt, devices)
         except Exception as exc:
             failures.append(f"{candidate['arch_hash']}: {describe_error(exc)}")
             rep.advance(STAGE, 1, f"failed: {describe_error(exc)}")

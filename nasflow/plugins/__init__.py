@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.onnxruntime_cpu",
     "nasflow.plugins.devices.cuda",
     "nasflow.plugins.devices.edgetpu_model",
+    "nasflow.plugins.devices.edgetpu_device",
     "nasflow.plugins.devices.litert",
     "nasflow.plugins.devices.android",
     "nasflow.plugins.compress.morphnet",

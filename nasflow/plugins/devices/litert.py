@@ -77,7 +77,7 @@ import numpy as np
 from pydantic import Field
 
 from nasflow.errors import DeviceError
-from nasflow.export import eval_mode, sha256_file
+from nasflow.export import VerifyResult, eval_mode, sha256_file, verify_outputs
 from nasflow.fingerprint import base_fingerprint, fingerprint_hash
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
@@ -188,6 +188,29 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def converting(model: "torch.nn.Module", shape: tuple[int, ...], path: Path, what: str) -> Iterator[Path]:
+    """One conversion: converter lock, quiet logs, model in eval mode; yields a temporary path to write.
+
+    The temporary file becomes `path` only when the block succeeds (so a cache never holds a
+    partial file); any failure becomes a DeviceError naming the model, the input and `what`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with _CONVERT_LOCK, _quiet_converter(), eval_mode(model):
+            yield tmp
+        os.replace(tmp, path)
+    except DeviceError:
+        raise
+    except Exception as exc:
+        raise DeviceError(
+            f"litert: cannot convert {type(model).__name__} on input {shape} to {what}: {_first_line(exc)}"
+        ) from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def convert_to_tflite(model: "torch.nn.Module", input_shape: tuple[int, ...], path: str | os.PathLike) -> Path:
     """Convert `model` (traced on a random input of `input_shape`, batch first) to a .tflite at `path`.
 
@@ -199,23 +222,10 @@ def convert_to_tflite(model: "torch.nn.Module", input_shape: tuple[int, ...], pa
     litert_torch = _import_converter()
     shape = tuple(int(n) for n in input_shape)
     sample = torch.randn(*shape, generator=torch.Generator().manual_seed(INPUT_SEED))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with _CONVERT_LOCK, _quiet_converter(), eval_mode(model):
-            edge = litert_torch.convert(model.eval(), (sample,))
-            edge.export(str(tmp))
-        os.replace(tmp, path)
-    except DeviceError:
-        raise
-    except Exception as exc:
-        raise DeviceError(
-            f"litert: cannot convert {type(model).__name__} on input {shape} to .tflite: {_first_line(exc)}"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    with converting(model, shape, Path(path), ".tflite") as tmp:
+        edge = litert_torch.convert(model.eval(), (sample,))
+        edge.export(str(tmp))
+    return Path(path)
 
 
 def model_key(model: "torch.nn.Module") -> str:
@@ -302,6 +312,68 @@ def convert_all(
             if progress is not None:
                 progress(done, len(jobs))
     return failures
+
+
+def verify_tflite(
+    model: "torch.nn.Module",
+    path: str | os.PathLike,
+    input_shape: tuple[int, ...],
+    atol: float = 1e-4,
+    n_inputs: int = 4,
+    seed: int = 0,
+) -> VerifyResult:
+    """Run seeded random inputs through PyTorch and the .tflite on LiteRT (1 thread); compare outputs."""
+    rt = _runtime()
+    kwargs: dict[str, Any] = {"model_path": os.fspath(path), "num_threads": 1}
+    try:
+        interp = rt.interpreter(**kwargs)
+        interp.allocate_tensors()
+    except Exception as exc:
+        raise DeviceError(f"litert: cannot load {path}: {_first_line(exc)}") from exc
+    (detail,) = interp.get_input_details()
+    outputs = interp.get_output_details()
+
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        try:
+            interp.set_tensor(detail["index"], x.reshape(detail["shape"]).astype(detail["dtype"]))
+            interp.invoke()
+        except Exception as exc:
+            raise DeviceError(f"litert: running {path} failed: {_first_line(exc)}") from exc
+        return [interp.get_tensor(o["index"]) for o in outputs]
+
+    return verify_outputs(model, run, input_shape, atol, n_inputs, seed)
+
+
+def time_interpreter(
+    interp: Any, path: Path, shape: tuple[int, ...], options: TimingOptions, device: str
+) -> tuple[LatencyStats, dict[str, Any]]:
+    """Time `interp.invoke()` on one fixed random input (seeded, of the model's input type).
+
+    The model must have one input holding as many values as `shape`. Shared by the devices that
+    run .tflite files (litert, edgetpu).
+    """
+    inputs = interp.get_input_details()
+    if len(inputs) != 1:
+        raise DeviceError(f"{device}: expected a model with one input, {path} has {len(inputs)}")
+    detail = inputs[0]
+    model_shape = tuple(int(n) for n in detail["shape"])
+    if math.prod(model_shape) != math.prod(shape):
+        raise DeviceError(f"{device}: {path} takes input {model_shape}, not {shape}")
+    dtype = np.dtype(detail["dtype"])
+    rng = np.random.default_rng(INPUT_SEED)
+    if np.issubdtype(dtype, np.floating):
+        x = rng.standard_normal(model_shape).astype(dtype)
+    elif np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        x = rng.integers(info.min, info.max, size=model_shape, endpoint=True).astype(dtype)
+    else:
+        raise DeviceError(f"{device}: unsupported input type {dtype} in {path}")
+    try:
+        interp.set_tensor(detail["index"], x)
+        stats = measure_with(interp.invoke, options)
+    except Exception as exc:
+        raise DeviceError(f"{device}: inference of {path} on input {model_shape} failed: {_first_line(exc)}") from exc
+    return stats, {"model_input_shape": list(model_shape), "input_dtype": str(dtype)}
 
 
 # ---------------------------------------------------------------- device
@@ -407,29 +479,7 @@ class LiteRTDevice(DeviceBackend):
 
     def _time(self, path: Path, shape: tuple[int, ...]) -> tuple[LatencyStats, dict[str, Any]]:
         """Time `invoke()` on one fixed random input; the model's input must hold as many values as `shape`."""
-        interp = self.interpreter(path)
-        inputs = interp.get_input_details()
-        if len(inputs) != 1:
-            raise DeviceError(f"litert: expected a model with one input, {path} has {len(inputs)}")
-        detail = inputs[0]
-        model_shape = tuple(int(n) for n in detail["shape"])
-        if math.prod(model_shape) != math.prod(shape):
-            raise DeviceError(f"litert: {path} takes input {model_shape}, not {shape}")
-        dtype = np.dtype(detail["dtype"])
-        rng = np.random.default_rng(INPUT_SEED)
-        if np.issubdtype(dtype, np.floating):
-            x = rng.standard_normal(model_shape).astype(dtype)
-        elif np.issubdtype(dtype, np.integer):
-            info = np.iinfo(dtype)
-            x = rng.integers(info.min, info.max, size=model_shape, endpoint=True).astype(dtype)
-        else:
-            raise DeviceError(f"litert: unsupported input type {dtype} in {path}")
-        try:
-            interp.set_tensor(detail["index"], x)
-            stats = measure_with(interp.invoke, self.options)
-        except Exception as exc:
-            raise DeviceError(f"litert: inference of {path} on input {model_shape} failed: {_first_line(exc)}") from exc
-        return stats, {"model_input_shape": list(model_shape), "input_dtype": str(dtype)}
+        return time_interpreter(self.interpreter(path), path, shape, self.options, self.name)
 
     def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
         rt = _runtime()
