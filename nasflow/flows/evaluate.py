@@ -18,6 +18,7 @@ from ..data import load_dataset
 from ..errors import NasflowError
 from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
+from ..progress import reporter
 from ..space import Arch, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
 
 
@@ -159,6 +160,23 @@ def measure_everywhere(
         except Exception as exc:
             return measurements, f"{name}: {describe_error(exc)}"
     return measurements, None
+
+
+def prepare_everywhere(
+    devices: dict[str, DeviceBackend], jobs: list[tuple[torch.nn.Module, tuple[int, ...]]]
+) -> None:
+    """Let every device get ready for a batch before it is timed (litert converts it in parallel).
+
+    A device whose `prepare` fails is only reported: its models are then handled one by one by
+    `measure_model`, which records each model's own failure.
+    """
+    if not jobs:
+        return
+    for name, device in devices.items():
+        try:
+            device.prepare(jobs)
+        except Exception as exc:  # a third-party device's bug must not fail the batch
+            reporter().message(f"{name}: preparing {len(jobs)} models failed ({describe_error(exc)}); measuring one by one")
 
 
 def latency_on(measurements: list[Measurement], device: str) -> float | None:

@@ -144,13 +144,18 @@ def time_candidates(
     the measured rows of the sampled candidates are recorded beside them and feed the drift check.
     """
     from ..space import arch_hash
-    from .evaluate import describe_error, measure_everywhere, model_for
+    from .evaluate import describe_error, measure_everywhere, model_for, prepare_everywhere
 
+    # Build the models that will really be measured once, and let the devices prepare them as a
+    # batch (litert converts them in parallel worker processes) before any is timed.
+    measured = [a for a in archs if not models or drift_checked(arch_hash(a), spec.search.drift.fraction)]
+    built = {arch_hash(a): model_for(a, spec.dataset) for a in measured}
+    prepare_everywhere(devices, [(model, input_shape) for model in built.values()])
     timed = {}
     for arch in archs:
         h = arch_hash(arch)
         if not models:
-            timed[h] = measure_everywhere(devices, model_for(arch, spec.dataset), input_shape)
+            timed[h] = measure_everywhere(devices, built[h], input_shape)
             continue
         try:
             predicted = [model.measurement(arch) for model in models.values()]
@@ -158,8 +163,8 @@ def time_candidates(
             timed[h] = ([], describe_error(exc))
             continue
         error = None
-        if drift_checked(h, spec.search.drift.fraction):
-            real, error = measure_everywhere(devices, model_for(arch, spec.dataset), input_shape)
+        if h in built:
+            real, error = measure_everywhere(devices, built[h], input_shape)
             by_device = {m.device: m for m in predicted}
             for m in real:
                 models[m.device].observe(by_device[m.device].stats.median_ms, m.stats.median_ms)
