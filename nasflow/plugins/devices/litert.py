@@ -47,9 +47,9 @@ Methodology
 * **Timing.** A LiteRT ``Interpreter`` with ``num_threads=threads``; ``xnnpack=True`` keeps the
   default XNNPACK delegate (op resolver ``AUTO``), ``False`` uses the built-in kernels only
   (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``). The input tensor is set once; ``interpreter.invoke()``
-  is timed with :func:`nasflow.timing.measure_callable` (warm-up, repeat until the median's 95 %
-  CI is within ``rel_ci``), so the numbers compare directly with ``torch-cpu`` and
-  ``onnxruntime-cpu``.
+  is timed with :func:`nasflow.timing.measure_with` (warm-up, contended windows set aside, repeat
+  until ``min_seconds`` have passed and the median's 95 % CI is within ``rel_ci``), so the
+  numbers compare directly with ``torch-cpu`` and ``onnxruntime-cpu``.
 """
 
 from __future__ import annotations
