@@ -355,6 +355,18 @@ def test_measure_model_converts_once_and_runs_without_taskset_or_xnnpack(fake_ad
     assert first.fingerprint["cpu_mask"] is None and first.fingerprint["use_xnnpack"] is False
 
 
+def test_prepare_converts_on_the_host_before_measuring(fake_adb, fake_converter, tmp_path, monkeypatch):
+    monkeypatch.setattr(litert, "converter_available", lambda: True)  # the stub converter stands in
+    arch = parse_arch("stem_c8_s1-ir_k3_e3_c8_s1-head_c32")
+    device = AndroidDevice(AndroidOptions(serial=SERIAL, cache_dir=tmp_path / "tflite", num_runs=20))
+    model = build_model(arch, 1, 10)
+    device.prepare([(model, (1, 1, 8, 8))])
+    assert fake_converter == [(1, 1, 8, 8)]
+    assert not [c for c in fake_adb.calls() if c[2:3] == ["push"]]  # nothing reaches the phone yet
+    assert device.measure_model(model, (1, 1, 8, 8)).extra["cache_hit"] is True
+    assert fake_converter == [(1, 1, 8, 8)]
+
+
 # ---------------------------------------------------------------- availability
 
 

@@ -489,6 +489,10 @@ class AndroidDevice(DeviceBackend):
         m = re.match(r"\s*([0-9a-f]{64})\b", proc.stdout)
         return f"sha256:{m.group(1)[:16]}" if proc.returncode == 0 and m else "unknown"
 
+    def prepare(self, jobs, progress=None) -> None:
+        """Convert the batch's uncached models on the host, in parallel, before any is pushed and timed."""
+        litert.convert_uncached(jobs, self.options.cache_dir, 0, progress)
+
     def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
         shape = tuple(int(n) for n in input_shape)
         self.serial()  # no conversion for a phone that is not there

@@ -376,6 +376,28 @@ def time_interpreter(
     return stats, {"model_input_shape": list(model_shape), "input_dtype": str(dtype)}
 
 
+def convert_uncached(
+    jobs, cache_dir: str | os.PathLike, workers: int = 0, progress: "Callable[[int, int], None] | None" = None
+) -> dict[Path, str]:
+    """Convert every (model, input shape) of `jobs` missing from `cache_dir`, with `workers` processes.
+
+    `workers` 0 means one per CPU core. Returns {path: error} of the conversions that failed;
+    nothing when litert-torch is missing (the measurement then says so).
+    """
+    if not converter_available():
+        return {}
+    todo: dict[Path, tuple[Any, tuple[int, ...]]] = {}
+    for model, shape in jobs:
+        shape = tuple(int(n) for n in shape)
+        path = cache_path(model, shape, cache_dir)
+        if not (path.is_file() and path.stat().st_size > 0):
+            todo.setdefault(path, (model, shape))
+    if not todo:
+        return {}
+    count = min(len(todo), workers or os.cpu_count() or 1)
+    return convert_all([(m, shape, path) for path, (m, shape) in todo.items()], count, progress)
+
+
 # ---------------------------------------------------------------- device
 
 
@@ -438,18 +460,9 @@ class LiteRTDevice(DeviceBackend):
 
         Failures are left for `measure_model`, which converts again and reports that model's error.
         """
-        if _find_runtime()[0] is None or not converter_available():
+        if _find_runtime()[0] is None:
             return  # measure_model explains what is missing
-        todo: dict[Path, tuple[Any, tuple[int, ...]]] = {}
-        for model, shape in jobs:
-            shape = tuple(int(n) for n in shape)
-            path = cache_path(model, shape, self.options.cache_dir)
-            if not (path.is_file() and path.stat().st_size > 0):
-                todo.setdefault(path, (model, shape))
-        if not todo:
-            return
-        workers = min(len(todo), self.options.convert_workers or os.cpu_count() or 1)
-        convert_all([(m, shape, path) for path, (m, shape) in todo.items()], workers, progress)
+        convert_uncached(jobs, self.options.cache_dir, self.options.convert_workers, progress)
 
     def measure_artifact(self, path: str, fmt: str, input_shape: tuple[int, ...]) -> Measurement:
         if fmt not in self.artifact_formats:
