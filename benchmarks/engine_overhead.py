@@ -36,7 +36,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import platform
 import random
 import signal
 import subprocess
@@ -45,15 +44,16 @@ import tempfile
 import time
 import types
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
 import nasflow.flows  # noqa: F401  (applies nasflow's Prefect settings before Prefect is imported)
 from nasflow import __version__ as NASFLOW_VERSION
-from nasflow.fingerprint import base_fingerprint, cpu_model
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "engine_overhead.json"
@@ -800,26 +800,6 @@ def bench_registry(tmp: Path, sizes: list[int], engine_batch: int) -> list[dict]
 # ------------------------------------------------------------------------------------ report
 
 
-def machine_info() -> dict:
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
-
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nasflow": NASFLOW_VERSION,
-        "prefect": version("prefect"),
-        "duckdb": version("duckdb"),
-        "pyarrow": version("pyarrow"),
-        "torch": version("torch"),
-    }
-
-
 def format_report(report: dict) -> str:
     lines = []
     m = report["machine"]
@@ -954,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "nasflow engine overhead",
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", "benchmarks/engine_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": machine_info(),
+        "machine": machine_info("prefect", "duckdb", "pyarrow", "torch"),
         "load_average": {"start": list(os.getloadavg())},
         "settings": {
             "quick": args.quick,

@@ -31,19 +31,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import random
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from nasflow import __version__ as NASFLOW_VERSION
 from nasflow.config import SpaceConfig
-from nasflow.fingerprint import cpu_model
 from nasflow.lut import build_lut, lut_entries
 from nasflow.plugins import get_plugins
 from nasflow.predictors import (
@@ -54,6 +49,8 @@ from nasflow.predictors import (
     measure_archs,
 )
 from nasflow.space import Arch, LayerwiseSpace, build_model, count_macs, format_arch
+
+from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latency_fidelity.json"
@@ -186,23 +183,6 @@ def bench_device(name: str, args: argparse.Namespace, space: LayerwiseSpace, wor
     return result
 
 
-def machine() -> dict[str, Any]:
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "cpu_model": cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "nasflow": NASFLOW_VERSION,
-        **{dist: version(dist) for dist in ("torch", "onnxruntime", "ai-edge-litert", "litert-torch")},
-    }
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", default=",".join(DEFAULT_DEVICES), help="comma-separated device names")
@@ -233,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "latency_fidelity",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
-        "machine": machine(),
+        "machine": machine_info("torch", "onnxruntime", "ai-edge-litert", "litert-torch"),
         "settings": {
             "space": "default SpaceConfig()",
             "space_size": space.size(),
