@@ -54,6 +54,7 @@ Methodology
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -69,6 +70,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -282,8 +284,9 @@ def convert_all(
     """Convert (model, input shape, path) jobs with `workers` processes; {path: error} of failures.
 
     Conversion is CPU-bound and holds process-global state, so parallelism means processes
-    (spawned: the converter and fork do not mix). Each worker pays the converter's import once
-    (5-10 s), so one worker, or one job, converts in this process instead.
+    (spawned: the converter and fork do not mix) from a pool kept for the life of this process.
+    Each worker pays the converter's import once (5-10 s), so one worker, or one job, converts
+    in this process instead.
     """
     failures: dict[Path, str] = {}
     done = 0
@@ -298,20 +301,54 @@ def convert_all(
             if progress is not None:
                 progress(done, len(jobs))
         return failures
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = {pool.submit(_convert_job, model, shape, str(path)): path for model, shape, path in jobs}
-        for future in as_completed(futures):
-            try:
-                error = future.result()
-            except Exception as exc:  # a worker that died, a model that does not pickle
-                error = f"litert: conversion worker failed: {_first_line(exc)}"
-            if error is not None:
-                failures[futures[future]] = error
-            done += 1
-            if progress is not None:
-                progress(done, len(jobs))
+    pool = _conversion_pool(workers)
+    futures = {pool.submit(_convert_job, model, shape, str(path)): path for model, shape, path in jobs}
+    broken = False
+    for future in as_completed(futures):
+        try:
+            error = future.result()
+        except Exception as exc:  # a worker that died, a model that does not pickle
+            error = f"litert: conversion worker failed: {_first_line(exc)}"
+            broken = broken or isinstance(exc, BrokenProcessPool)
+        if error is not None:
+            failures[futures[future]] = error
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs))
+    if broken:
+        _close_pool(workers)  # the next batch starts fresh workers
     return failures
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _conversion_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool of `workers` spawned converters, kept for the life of this process.
+
+    Reused across batches (each search batch calls `prepare`), so every worker imports
+    litert-torch once rather than once per batch.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            _POOLS[workers] = pool
+        return pool
+
+
+def _close_pool(workers: int) -> None:
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(workers, None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@atexit.register
+def _close_pools() -> None:
+    for workers in list(_POOLS):
+        _close_pool(workers)
 
 
 def verify_tflite(
