@@ -58,7 +58,7 @@ class LatencyStats:
     runs: int
     warmup: int
     rel_ci: float  # half-width of the 95 % CI of the median, relative to the median
-    outliers: int = 0  # timings dropped as outliers (> median + 5 * MAD)
+    outliers: int = 0  # timings set aside: contended windows and single outliers (> median + 5 * MAD)
 
 
 @dataclass(frozen=True)

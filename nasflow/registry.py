@@ -84,7 +84,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("mean_ms", "DOUBLE", "Mean, milliseconds."),
         ("std_ms", "DOUBLE", "Standard deviation, milliseconds."),
         ("runs", "INTEGER", "Number of timed runs behind the statistics (outliers included)."),
-        ("outliers", "INTEGER", "Timed runs dropped as outliers (> median + 5 MAD)."),
+        ("outliers", "INTEGER", "Timed runs set aside: in contended windows, or single outliers above median + 5 MAD."),
         ("rel_ci", "DOUBLE", "Half-width of the median's 95 % confidence interval, relative to the median."),
         ("threads", "INTEGER", "Threads the runtime was pinned to."),
         ("batch_size", "INTEGER", "Batch size of the measured input."),
