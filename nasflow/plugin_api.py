@@ -104,6 +104,37 @@ class DeviceBackend(Plugin):
         """Time a deployed artifact; only for formats in `artifact_formats`."""
         raise DeviceError(f"device {self.name!r} cannot run {fmt!r} artifacts")
 
+    def make_measurement(
+        self,
+        stats: LatencyStats,
+        *,
+        runtime: str,
+        artifact_format: str,
+        threads: int,
+        batch_size: int,
+        extra: dict[str, Any] | None = None,
+        source: Source = "measured",
+        fingerprint: dict[str, Any] | None = None,
+    ) -> Measurement:
+        """A Measurement from this device: its name and fingerprint, with the fingerprint's hash in `extra`.
+
+        `fingerprint` defaults to the device's current one; pass it when it was read already.
+        """
+        from .fingerprint import fingerprint_hash
+
+        fp = self.fingerprint() if fingerprint is None else fingerprint
+        return Measurement(
+            device=self.name,
+            runtime=runtime,
+            artifact_format=artifact_format,
+            source=source,
+            stats=stats,
+            threads=threads,
+            batch_size=batch_size,
+            fingerprint=fp,
+            extra={"fingerprint_hash": fingerprint_hash(fp), **(extra or {})},
+        )
+
     def prepare(
         self,
         jobs: Sequence[tuple["torch.nn.Module", tuple[int, ...]]],

@@ -247,9 +247,7 @@ def measure_callable(
     `clock` returns nanoseconds; it is replaceable so the stop rule can be tested
     deterministically.
     """
-    if min_runs < 1 or max_runs < min_runs:
-        raise ValueError(f"need 1 <= min_runs <= max_runs, got {min_runs} and {max_runs}")
-    options = TimingOptions(
+    options = TimingOptions(  # validates the settings (a ValueError when they make no sense)
         warmup=warmup,
         min_runs=min_runs,
         max_runs=max_runs,

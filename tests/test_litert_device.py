@@ -175,7 +175,7 @@ def test_pipeline_deploys_a_verified_tflite_and_times_it_on_litert(tmp_path):
         "  - {name: onnxruntime-cpu,",
     )
     text = text.replace("train: {enabled: true, top_k: 1,", f"train: {{enabled: true, top_k: 1, archs: [{ARCH}],")
-    text = text.replace(f"deploy: {{enabled: true, out_dir:", "deploy: {enabled: true, formats: [onnx, tflite], out_dir:")
+    text = text.replace("deploy: {enabled: true, out_dir:", "deploy: {enabled: true, formats: [onnx, tflite], out_dir:")
     path = tmp_path / "s.yaml"
     path.write_text(text)
     summary = run_spec(load_spec(path))

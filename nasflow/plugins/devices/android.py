@@ -79,7 +79,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from nasflow import __version__
 from nasflow.errors import DeviceError
 from nasflow.export import sha256_file
-from nasflow.fingerprint import fingerprint_hash
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 from nasflow.plugins.devices import litert
@@ -539,7 +538,6 @@ class AndroidDevice(DeviceBackend):
         stats, notes = latency_stats(report, o.warmup_runs)
         us = 1e-3
         extra = {
-            "fingerprint_hash": fingerprint_hash(fp),
             "serial": serial,
             "input_shape": list(shape),
             "tflite": str(local),
@@ -559,16 +557,14 @@ class AndroidDevice(DeviceBackend):
             "peak_memory_mb": report.peak_memory_mb,
             "benchmark_version": report.version,
         }
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"tflite benchmark_model ({report.version or fp['runtime_version']})",
             artifact_format="tflite",
-            source="measured",
-            stats=stats,
             threads=o.threads,
             batch_size=shape[0],
-            fingerprint=fp,
             extra=extra,
+            fingerprint=fp,
         )
 
 

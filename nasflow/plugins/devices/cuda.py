@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from nasflow.errors import DeviceError
-from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 from nasflow.timing import TimingOptions, run_rounds
@@ -261,9 +261,7 @@ class CudaDevice(DeviceBackend):
             gpu_model = None  # drop the GPU copy before emptying the cache
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-        fp = self.fingerprint()
         extra: dict[str, Any] = {
-            "fingerprint_hash": fingerprint_hash(fp),
             "input_shape": list(shape),
             "timer": "cuda_events",
             "dtype": "float16" if opts.half else "float32",
@@ -271,15 +269,12 @@ class CudaDevice(DeviceBackend):
         if energy is not None:
             extra.update(energy)
             extra["energy_mj_per_image"] = energy["energy_mj_per_call"] / opts.batch_size
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"torch {torch.__version__} CUDA {torch.version.cuda}",
             artifact_format="pytorch",
-            source="measured",
-            stats=stats,
             threads=1,
             batch_size=opts.batch_size,
-            fingerprint=fp,
             extra=extra,
         )
 

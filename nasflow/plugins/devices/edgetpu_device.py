@@ -45,17 +45,15 @@ from pydantic import Field
 
 from nasflow.errors import DeviceError
 from nasflow.export import sha256_file
-from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 from nasflow.plugins.devices.litert import (
-    CONVERTER_MISSING,
+    LiteRTDevice,
     _dist_version,
-    _find_runtime,
     _first_line,
     _runtime,
     cache_path,
-    converter_available,
     time_interpreter,
 )
 from nasflow.timing import TimingOptions
@@ -160,11 +158,9 @@ class EdgeTPUDevice(DeviceBackend):
     @classmethod
     def unavailable_reason(cls, options: EdgeTPUOptions | None = None) -> str | None:
         opts = options if options is not None else cls.Options()
-        _, problem = _find_runtime()
+        problem = LiteRTDevice.unavailable_reason()  # the interpreter and the converter come first
         if problem is not None:
             return problem
-        if not converter_available():
-            return CONVERTER_MISSING
         if shutil.which(opts.compiler) is None:
             return f"edgetpu_compiler not found as {opts.compiler!r}: {COMPILER_HINT}"
         return delegate_problem(opts.delegate_library)
@@ -232,17 +228,13 @@ class EdgeTPUDevice(DeviceBackend):
 
     def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
         rt = _runtime()
-        fp = self.fingerprint()
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"{rt.package} {rt.version} + Edge TPU delegate ({self.options.delegate_library})",
             artifact_format="edgetpu",
-            source="measured",
-            stats=stats,
             threads=1,
             batch_size=batch,
-            fingerprint=fp,
-            extra={"fingerprint_hash": fingerprint_hash(fp), **extra},
+            extra=extra,
         )
 
 

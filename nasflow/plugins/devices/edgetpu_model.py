@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from nasflow import __version__
 from nasflow.edgetpu import HOSTS, MODEL_VERSION, PARAM_CACHE_BYTES, estimate_latency, layers_from_module
 from nasflow.errors import DeviceError
-from nasflow.fingerprint import fingerprint_hash
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 
@@ -104,19 +103,15 @@ class EdgeTPUModel(DeviceBackend):
         stats = LatencyStats(
             median_ms=ms, p90_ms=ms, mean_ms=ms, std_ms=0.0, min_ms=ms, runs=0, warmup=0, rel_ci=float("inf")
         )
-        fp = self.fingerprint()
         shape = [opts.batch_size, *tuple(input_shape)[1:]]
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=RUNTIME,
             artifact_format="pytorch",
             source="estimated",
-            stats=stats,
             threads=1,
             batch_size=opts.batch_size,
-            fingerprint=fp,
             extra={
-                "fingerprint_hash": fingerprint_hash(fp),
                 "input_shape": shape,
                 "estimate": estimate.as_dict(),
             },

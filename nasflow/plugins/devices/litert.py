@@ -80,7 +80,7 @@ from pydantic import Field
 
 from nasflow.errors import DeviceError
 from nasflow.export import VerifyResult, eval_mode, sha256_file, verify_outputs
-from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 from nasflow.timing import TimingOptions, measure_with
@@ -290,19 +290,22 @@ def convert_all(
     """
     failures: dict[Path, str] = {}
     done = 0
+
+    def record(path: Path, error: str | None) -> None:
+        nonlocal done
+        if error is not None:
+            failures[path] = error
+        done += 1
+        if progress is not None:
+            progress(done, len(jobs))
+
     if progress is not None:
         progress(0, len(jobs))
     if workers <= 1 or len(jobs) <= 1:
         for model, shape, path in jobs:
-            error = _convert_job(model, shape, str(path))
-            if error is not None:
-                failures[path] = error
-            done += 1
-            if progress is not None:
-                progress(done, len(jobs))
+            record(path, _convert_job(model, shape, str(path)))
         return failures
-    pool = _conversion_pool(workers)
-    futures = {pool.submit(_convert_job, model, shape, str(path)): path for model, shape, path in jobs}
+    futures = {_conversion_pool(workers).submit(_convert_job, m, shape, str(path)): path for m, shape, path in jobs}
     broken = False
     for future in as_completed(futures):
         try:
@@ -310,11 +313,7 @@ def convert_all(
         except Exception as exc:  # a worker that died, a model that does not pickle
             error = f"litert: conversion worker failed: {_first_line(exc)}"
             broken = broken or isinstance(exc, BrokenProcessPool)
-        if error is not None:
-            failures[futures[future]] = error
-        done += 1
-        if progress is not None:
-            progress(done, len(jobs))
+        record(futures[future], error)
     if broken:
         _close_pool(workers)  # the next batch starts fresh workers
     return failures
@@ -533,18 +532,14 @@ class LiteRTDevice(DeviceBackend):
 
     def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
         rt = _runtime()
-        fp = self.fingerprint()
         delegate = "XNNPACK" if self.options.xnnpack else "built-in kernels"
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"{rt.package} {rt.version} ({delegate})",
             artifact_format="tflite",
-            source="measured",
-            stats=stats,
             threads=self.options.threads,
             batch_size=batch,
-            fingerprint=fp,
-            extra={"fingerprint_hash": fingerprint_hash(fp), **extra},
+            extra=extra,
         )
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from nasflow.errors import DeviceError, ExportError
 from nasflow.export import export_onnx_bytes, sha256_file
-from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
 from nasflow.plugins.devices.torch_cpu import INPUT_SEED, CPUOptions, batched_shape
@@ -129,17 +129,13 @@ class OnnxRuntimeCPU(DeviceBackend):
             raise DeviceError(f"onnxruntime-cpu: inference on input {shape} failed: {exc}") from exc
 
     def _measurement(self, stats: LatencyStats, extra: dict[str, Any]) -> Measurement:
-        fp = self.fingerprint()
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"onnxruntime {_ort().__version__}",
             artifact_format="onnx",
-            source="measured",
-            stats=stats,
             threads=self.options.threads,
             batch_size=self.options.batch_size,
-            fingerprint=fp,
-            extra={"fingerprint_hash": fingerprint_hash(fp), **extra},
+            extra=extra,
         )
 
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from nasflow.errors import DeviceError
 from nasflow.export import eval_mode
-from nasflow.fingerprint import base_fingerprint, fingerprint_hash
+from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, Measurement
 from nasflow.timing import TimingOptions, measure_with
@@ -77,17 +77,13 @@ class TorchCPU(DeviceBackend):
             raise DeviceError(
                 f"torch-cpu: {type(model).__name__} failed on input {shape}: {exc}"
             ) from exc
-        fp = self.fingerprint()
-        return Measurement(
-            device=self.name,
+        return self.make_measurement(
+            stats,
             runtime=f"torch {torch.__version__}",
             artifact_format="pytorch",
-            source="measured",
-            stats=stats,
             threads=opts.threads,
             batch_size=opts.batch_size,
-            fingerprint=fp,
-            extra={"fingerprint_hash": fingerprint_hash(fp), "input_shape": list(shape)},
+            extra={"input_shape": list(shape)},
         )
 
 
