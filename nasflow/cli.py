@@ -96,33 +96,26 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .flows.evaluate import make_devices
-    from .flows.latency import profile_device
-    from .lut import device_fingerprint_hash
-    from .registry import Registry, format_table
-    from .spec import load_spec
+    from .spec import load_spec, with_options
 
     spec = load_spec(args.spec).spec
-    update: dict = {"lut": True}
+    options: dict = {("profile", "lut"): (None, True)}  # what the command is for: always on
     if args.calibrate is not None:
-        update["calibrate"] = args.calibrate
+        options[("profile", "calibrate")] = ("--calibrate", args.calibrate)
     if args.passes is not None:
-        update["passes"] = args.passes
-    profile = spec.profile.model_copy(update=update)
-    spec = spec.model_copy(update={"profile": type(profile).model_validate(profile.model_dump())})
+        options[("profile", "passes")] = ("--passes", args.passes)
+    spec = with_options(spec, options)
     chosen = [d for d in spec.devices if not args.device or d.name in args.device]
     unknown = sorted(set(args.device or []) - {d.name for d in spec.devices})
     if unknown:
         raise NasflowError(f"device(s) {', '.join(unknown)} not in the spec's devices ({', '.join(d.name for d in spec.devices)})")
+    from .data import load_dataset  # torch and Prefect: only once the command line is known to be good
+    from .flows.evaluate import make_devices
+    from .flows.latency import profile_device
+    from .lut import device_fingerprint_hash
+    from .registry import Registry, format_table
+
     data = load_dataset(spec.dataset)
     registry = Registry(spec.registry.path)
     rows = []
@@ -164,8 +157,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes read like every other user mistake: one `error:` line, status 2.
+
+    Values that argparse accepts are then validated by the spec's own models (`with_options`).
+    """
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
+    parser = _Parser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
     parser.add_argument("--version", action="version", version=f"nasflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -194,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", help="only this device (repeatable; default: all of the spec's)")
     p.add_argument("--refresh", action="store_true", help="re-measure even when a LUT for this fingerprint exists")
     p.add_argument("--calibrate", type=int, metavar="N", help="also fit the calibrated predictor on N measured models")
-    p.add_argument("--passes", type=_positive_int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
+    p.add_argument("--passes", type=int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")

@@ -17,12 +17,12 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from ...errors import PluginError
 from ...hookspecs import hookimpl
-from ...plugin_api import CompressContext, CompressResult, Compressor
+from ...plugin_api import CompressContext, CompressResult, Compressor, PluginOptions
 from ...space import (
     Arch,
     ArchNet,
@@ -38,9 +38,7 @@ from ...space import (
 from ...train import TrainResult, evaluate, train_model
 
 
-class MorphNetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MorphNetOptions(PluginOptions):
     target: Literal["flops", "size"] = Field(
         "flops", description="resource the regulariser weights channels by: MACs ('flops') or parameters ('size')"
     )
