@@ -36,7 +36,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import RichReporter, arch_legend, front_table
+    from .console import arch_legend, front_table, make_reporter, print_table
     from .progress import using_reporter
     from .spec import load_spec
 
@@ -45,13 +45,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     console.print(f"[bold]nasflow {__version__}[/] running [cyan]{loaded.spec.name}[/] (run {loaded.spec.run_id()})")
-    with RichReporter(console) as rep, using_reporter(rep):
+    with make_reporter(console) as rep, using_reporter(rep):
         summary = run_spec(loaded)
     if summary.resumed:
         console.print("resumed: finished work was reused from the registry")
     counts = ", ".join(f"{stage} {n}" for stage, n in summary.counts.items())
     console.print(f"candidates in the registry for this run: {counts}")
-    console.print(front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))
+    print_table(console, front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))
     console.print(arch_legend(summary.front), soft_wrap=True, highlight=False)
     for artifact in summary.artifacts:
         status = "verified" if artifact["verified"] else "NOT verified"
@@ -110,18 +110,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     unknown = sorted(set(args.device or []) - {d.name for d in spec.devices})
     if unknown:
         raise NasflowError(f"device(s) {', '.join(unknown)} not in the spec's devices ({', '.join(d.name for d in spec.devices)})")
-    from .data import load_dataset  # torch and Prefect: only once the command line is known to be good
+    from .console import make_reporter  # torch and Prefect: only once the command line is known to be good
+    from .data import load_dataset
     from .flows.evaluate import make_devices
     from .flows.latency import profile_device
     from .lut import device_fingerprint_hash
+    from .progress import using_reporter
     from .registry import Registry, format_table
 
     data = load_dataset(spec.dataset)
     registry = Registry(spec.registry.path)
     rows = []
-    console = _console()
     for name, device in make_devices(chosen).items():
-        with console.status(f"profiling {name} (every operator of the space at every input shape)..."):
+        with make_reporter(_console()) as rep, using_reporter(rep):
             record = profile_device(registry, spec, device, data, refresh=args.refresh)
         fit = record.get("predictor_fit") or {}
         rows.append((
@@ -134,7 +135,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .console import arch_legend, front_table
+    from .console import arch_legend, front_table, print_table
     from .flows.pipeline import candidate_table
     from .objectives import pareto_front
     from .registry import open_readonly
@@ -152,7 +153,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows = table if args.all else pareto_front(table)
     title = f"run {args.run_id} ({run['status']}): {'all candidates' if args.all else 'Pareto front'}"
     console = _console()
-    console.print(front_table(rows, devices, spec.objective_device, title))
+    print_table(console, front_table(rows, devices, spec.objective_device, title))
     console.print(arch_legend(rows), soft_wrap=True, highlight=False)
     return 0
 
@@ -208,8 +209,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WARNED: set[str] = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    # Python shows a warning once per place it is raised; a user needs each one once, full stop
+    # (plugin discovery may run again, e.g. after reset_plugins(), and warn from the same place).
+    text = str(message)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

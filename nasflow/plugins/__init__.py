@@ -27,7 +27,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.edgetpu_device",
     "nasflow.plugins.devices.litert",
     "nasflow.plugins.devices.android",
-    "nasflow.plugins.compress.morphnet",
+    "nasflow.plugins.compress.morphnet_plugin",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
