@@ -470,3 +470,38 @@ def test_front_table_never_cuts_device_names_or_numbers():
             assert needed in text, (width, needed, text)
         assert "…" not in text, text  # rich's ellipsis
         assert console.width == width  # the console is left as it was
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+def _advance_elsewhere(channel) -> bool:
+    return channel.advance(1, "from another process")
+
+
+def test_progress_reaches_the_reporter_from_worker_threads_and_degrades_in_other_processes():
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+
+    from nasflow.console import LogReporter
+    from nasflow.progress import progress_channel, using_reporter
+
+    out = io.StringIO()
+    rep = LogReporter(Console(file=out, force_terminal=False, width=200))
+    with using_reporter(rep):
+        rep.stage_start("train", 4, "2 candidates x 2 epochs")
+        with progress_channel("train") as channel:
+            # a bare thread pool carries no context variables: the channel must not depend on them
+            with ThreadPoolExecutor(2) as pool:
+                delivered = list(pool.map(lambda i: channel.advance(1, f"epoch {i}"), range(3)))
+            with multiprocessing.get_context("spawn").Pool(1) as procs:
+                elsewhere = procs.apply(_advance_elsewhere, (channel,))
+        assert not channel.advance(1, "after the stage closed it")
+        rep.advance("train", 1, "caught up when the result came back")
+        rep.stage_end("train", "2 trained")
+    assert delivered == [True, True, True] and elsewhere is False
+    lines = [LOG_LINE.match(line).groups() for line in out.getvalue().splitlines()]
+    assert [text.split()[0] for stage, text in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"], lines
+    assert lines[-1] == ("train", "done: 2 trained")

@@ -56,3 +56,19 @@ def test_plugins_and_sql_import_no_runtime(tmp_path):
     Registry(registry)
     assert heavy_imports(RUN_CLI, "plugins") == []
     assert heavy_imports(RUN_CLI, "sql", "--registry", str(registry), "SELECT count(*) FROM candidates") == []
+
+
+def test_startup_benchmark_runs_and_reports_each_command(tmp_path):
+    out = tmp_path / "startup.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "startup.py"), "--runs", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["commands"]) == {"validate", "plugins", "sql"}
+    for name, command in report["commands"].items():
+        assert command["runs"] == 1 and 0 < command["min_s"] <= command["median_s"] <= command["max_s"], name
+        assert "torch" not in command["heavy_modules_imported"] and "prefect" not in command["heavy_modules_imported"]
+    assert set(report["meets_target"]) == set(report["commands"]) and report["target_median_s_max"] == 1.5
+    assert report["machine"]["cpu_model"] and report["machine"]["nasflow"]
