@@ -72,3 +72,4 @@ def test_startup_benchmark_runs_and_reports_each_command(tmp_path):
         assert "torch" not in command["heavy_modules_imported"] and "prefect" not in command["heavy_modules_imported"]
     assert set(report["meets_target"]) == set(report["commands"]) and report["target_median_s_max"] == 1.5
     assert report["machine"]["cpu_model"] and report["machine"]["nasflow"]
+    assert set(report["reference_median_s"]) == {"bare python", "import torch", "import prefect"}
