@@ -67,15 +67,18 @@ def train_one(
     epochs: int,
     subset: float,
     checkpoint: str | None = None,
+    test: bool = False,
 ) -> dict[str, Any]:
-    """Train one architecture (proxy or full) and return its validation metrics; never raises."""
-    from ..train import train_model
+    """Train one architecture (proxy or full) and return its validation metrics (and test accuracy
+    with `test`: proxies never look at the test split); never raises."""
+    from ..train import evaluate, train_model
 
     start = time.perf_counter()
     try:
         data = load_dataset(dataset_cfg)
         model = model_for(parse_arch(arch), dataset_cfg, train_cfg.seed)
         result = train_model(model, data, train_cfg, epochs=epochs, subset=subset)
+        test_accuracy = evaluate(model, data, split="test")[0] if test else None
         if checkpoint:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), checkpoint)
@@ -85,6 +88,7 @@ def train_one(
         "arch": arch,
         "error": None,
         "accuracy": result.val_accuracy,
+        "test_accuracy": test_accuracy,
         "val_loss": result.val_loss,
         "train_epochs": result.epochs,
         "train_seconds": result.seconds,
@@ -100,11 +104,12 @@ def train_candidates(
     subset: float,
     threads: int,
     checkpoints: list[str | None] | None = None,
+    test: bool = False,
 ) -> list[dict[str, Any]]:
     """Train a chunk of architectures one after another on one worker; results in input order."""
     torch.set_num_threads(threads)
     checkpoints = checkpoints or [None] * len(archs)
-    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c) for a, c in zip(archs, checkpoints)]
+    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test) for a, c in zip(archs, checkpoints)]
 
 
 def train_in_parallel(
@@ -115,6 +120,7 @@ def train_in_parallel(
     subset: float,
     workers: int,
     checkpoints: list[str | None] | None = None,
+    test: bool = False,
 ) -> list[dict[str, Any]]:
     """Fan `archs` out over the flow's task runner as one task per worker, not per candidate.
 
@@ -133,6 +139,7 @@ def train_in_parallel(
         unmapped(subset),
         unmapped(threads_per_task(workers)),
         [[checkpoints[i] for i in chunk] for chunk in chunks],
+        unmapped(test),
     )
     results: list[dict[str, Any]] = [{}] * len(archs)
     for chunk, future in zip(chunks, futures):

@@ -65,7 +65,7 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     rep.advance(STAGE, len(jobs) - len(todo), "reused from the registry" if len(todo) < len(jobs) else "")
     results = train_in_parallel(
         [j["arch"] for j in todo], spec.dataset, spec.train.config, spec.train.config.epochs, 1.0,
-        spec.execution.workers, [j["checkpoint"] for j in todo],
+        spec.execution.workers, [j["checkpoint"] for j in todo], test=True,
     )
     devices = make_devices(spec.devices)
     rows, mrows = [], []
@@ -84,7 +84,8 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
         else:
             latency = latency_on(measured, spec.objective_device)
             row.update(
-                status="ok", accuracy=result["accuracy"], val_loss=result["val_loss"],
+                status="ok", accuracy=result["accuracy"], accuracy_source="full",
+                test_accuracy=result["test_accuracy"], val_loss=result["val_loss"],
                 train_epochs=result["train_epochs"], train_seconds=result["train_seconds"],
                 score=score(result["accuracy"], latency, spec.objectives),
             )
