@@ -5,6 +5,8 @@ reading kind (see ALLOWED), with no INSERT/UPDATE/DELETE hidden in a WITH clause
 a connection that is read-only, has external access (files, extensions, secrets) switched off and
 its configuration locked before the statement touches it. The second layer is the guarantee: it
 holds for whatever the first misses; the first exists so that a refusal says what was refused.
+(DuckDB still lets a query read the open registry file itself, e.g. read_blob('registry.duckdb'):
+that is the registry's own data.)
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ ALLOWED_PRAGMAS = (
 )
 
 ALLOWED = (
-    "exactly one reading statement: SELECT, WITH ... SELECT, FROM ..., VALUES, PIVOT ... IN (...), DESCRIBE, SHOW, "
-    "SUMMARIZE, EXPLAIN [ANALYZE] of one of those, or PRAGMA " + ", ".join(ALLOWED_PRAGMAS)
+    "exactly one reading statement: SELECT, WITH ... SELECT, FROM ..., VALUES, PIVOT ... IN (...), "
+    "DESCRIBE, SHOW, SUMMARIZE, EXPLAIN [ANALYZE] of one of those, or PRAGMA " + ", ".join(ALLOWED_PRAGMAS)
 )
 
 # Applied in this order to the registry connection before the user's statement. temp_directory
@@ -104,7 +106,7 @@ class StreamedResult:
 
     def __init__(self, cursor: duckdb.DuckDBPyConnection, chunk_rows: int):
         if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+            raise RegistryError(f"chunk_rows must be at least 1, got {chunk_rows}")
         description = cursor.description or []
         self.columns: list[str] = [column[0] for column in description]
         self._json_columns = [i for i, column in enumerate(description) if str(column[1]) == "JSON"]
@@ -209,7 +211,8 @@ def _kind(statement: duckdb.Statement) -> str:
 
 def _describe(statement: duckdb.Statement) -> str:
     """A statement as a user would name it: its first word, plus DuckDB's kind when that differs."""
-    word = (_words(statement.query)[:1] or [("", 0)])[0][0].upper()
+    names = [w for w, _ in _words(statement.query) if w[:1].isalpha()]  # e.g. past the "(" of "(SELECT 1)"
+    word = names[0].upper() if names else ""
     kind = _kind(statement)
     if kind == "MULTI":  # what DuckDB's parser makes of a PIVOT whose values it must look up first
         return f"{word} (several statements in one: a PIVOT without an IN list; name the values: ON column IN (...))"
@@ -268,7 +271,10 @@ def _hidden_write(con: duckdb.DuckDBPyConnection, text: str) -> str | None:
     Read from DuckDB's serialised syntax tree. Some reading statements (PIVOT) cannot be
     serialised; those go on to the locked connection, which refuses writes in any case.
     """
-    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
+    except duckdb.Error:  # a DuckDB built without its json extension: the locked connection still holds
+        return None
     if tree.get("error"):
         return None
     for node_type in _node_types(tree):
@@ -324,6 +330,9 @@ def _run_error(error: duckdb.Error) -> RegistryError:
     if isinstance(error, duckdb.PermissionException):
         return SqlRefused(f"refused: the statement reaches outside the registry (files, extensions, secrets), "
                           f"which read-only SQL does not allow: {error}")
+    # Matched on DuckDB's wording: only sharpens the message, the statement has failed either way.
     if "read-only mode" in str(error):
         return SqlRefused(f"refused: the statement writes, and the registry is read-only here: {error}")
+    if "configuration has been locked" in str(error):
+        return SqlRefused(f"refused: the statement changes a setting, and settings are locked here: {error}")
     return RegistryError(str(error))
