@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import decimal
-import io
 import json
-import math
 import numbers
 import random
 import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
