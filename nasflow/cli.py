@@ -65,12 +65,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from .registry import format_csv, format_json, format_table, open_readonly
+    from .output_formats import WRITERS, row_count_line
+    from .readonly_sql import run_readonly_query
 
-    registry = open_readonly(args.registry)
-    columns, rows = registry.query(args.query)
-    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
-    sys.stdout.write(formatter(columns, rows).rstrip("\n") + "\n")
+    try:
+        with run_readonly_query(args.registry, args.query) as result:
+            shown = WRITERS[args.format](result.columns, result.rows(args.limit), sys.stdout)
+            more = result.count_remaining() if args.limit is not None else 0
+        if args.format == "table":
+            sys.stdout.write(row_count_line(shown, more) + "\n")
+        elif more:  # stdout stays valid CSV/JSON: the count of what was left out goes to stderr
+            print(f"note: {more} more row{'' if more == 1 else 's'} not shown (--limit {args.limit})", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped reading: stop quietly, like other commands in a pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command cut off by `| head`
     return 0
 
 
@@ -181,10 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("sql", help="run a read-only SQL query against the results registry")
+    p = sub.add_parser("sql", help="run one read-only SQL statement (SELECT, DESCRIBE, ...) against the results registry")
     p.add_argument("query")
     p.add_argument("--registry", default=_default_registry(), help="registry file (default: $NASFLOW_REGISTRY or ./registry.duckdb)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="print only the first N rows, then how many more there were (csv/json: on stderr)")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("plugins", help="list search strategies, devices and compressors")

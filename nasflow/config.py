@@ -20,6 +20,12 @@ class DatasetConfig(Section):
     path: Path | None = Field(None, description="image_folder: a directory or .tar/.tar.gz in ImageFolder layout")
     split: str | None = Field(None, description="image_folder: subfolder used for training/validation, e.g. 'train'")
     subset: int | None = Field(None, gt=0, description="keep at most this many training images (stratified)")
+    test: str | None = Field(
+        None, description="image_folder: subfolder used as the test split, e.g. 'test' (default: carve test_split)"
+    )
+    test_split: float = Field(
+        0.2, gt=0, lt=1, description="without `test`: share of the pool held out as the test split, before validation"
+    )
     val_split: float = Field(0.2, gt=0, lt=1, description="share of the training pool held out for validation")
     image_size: int | None = Field(None, gt=0, description="resize images to this square size (default: native)")
     cache_dir: Path = Field(Path(".nasflow/cache"), description="where decoded arrays are cached")
@@ -29,6 +35,10 @@ class DatasetConfig(Section):
     def _path_needed(self) -> "DatasetConfig":
         if self.name == "image_folder" and self.path is None:
             raise ValueError("dataset.path is required when dataset.name is 'image_folder'")
+        if self.test is not None and self.name != "image_folder":
+            raise ValueError("dataset.test names a subfolder and needs dataset.name 'image_folder'; use test_split")
+        if self.test is not None and self.test == self.split:
+            raise ValueError(f"dataset.test and dataset.split are both {self.test!r}: the test split must be held out")
         return self
 
 

@@ -29,9 +29,11 @@ _MAX_PARTS = 4
 
 @dataclass
 class Dataset:
-    """Train/validation arrays in NCHW float32, normalised with statistics of the training part.
+    """Train/validation/test arrays in NCHW float32, normalised with statistics of the training part.
 
-    Instances are shared between callers (see load_dataset): treat the arrays as read-only.
+    Search and selection use the validation split only; the test split is for reporting, so the
+    accuracy a user reads is not the one candidates were chosen by. Instances are shared between
+    callers (see load_dataset): treat the arrays as read-only.
     """
 
     name: str
@@ -43,6 +45,14 @@ class Dataset:
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(images, labels) of the 'train', 'val' or 'test' split."""
+        if name not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {name!r}; use 'train', 'val' or 'test'")
+        return getattr(self, f"{name}_x"), getattr(self, f"{name}_y")
 
     @property
     def in_channels(self) -> int:
@@ -100,26 +110,51 @@ def clear_dataset_memo() -> None:
 def _load(cfg: DatasetConfig) -> Dataset:
     if cfg.name == "digits":
         x, labels, classes = _digits(cfg)
-        name = "digits"
-    else:
-        path = Path(cfg.path).expanduser().absolute()
-        images, labels, classes = _image_folder(path, cfg)
-        # uint8 NHWC -> float NCHW in 0..1, the common input of _assemble.
-        x = images.transpose(0, 3, 1, 2).astype(np.float32)
-        x /= 255.0
-        name = _display_name(path, cfg.split)
-    return _assemble(name, x, labels, classes, cfg)
+        return _assemble("digits", x, labels, classes, cfg)
+    path = Path(cfg.path).expanduser().absolute()
+    x, labels, classes = _float_images(*_image_folder(path, cfg))
+    test = None
+    if cfg.test is not None:
+        # The whole test folder, never subset: reported accuracy should not depend on `subset`.
+        test_cfg = cfg.model_copy(update={"split": cfg.test, "subset": None})
+        test_x, test_y, test_classes = _float_images(*_image_folder(path, test_cfg))
+        if test_classes != classes:
+            raise DatasetError(
+                f"test split '{cfg.test}' has classes {test_classes} but split '{cfg.split}' has {classes}"
+            )
+        test = (test_x, test_y)
+    return _assemble(_display_name(path, cfg.split), x, labels, classes, cfg, test)
+
+
+def _float_images(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """uint8 NHWC -> float NCHW in 0..1, the common input of _assemble."""
+    x = images.transpose(0, 3, 1, 2).astype(np.float32)
+    x /= 255.0
+    return x, labels, classes
 
 
 # ---------------------------------------------------------------- shared post-processing
 
 
-def _assemble(name: str, x: np.ndarray, labels: np.ndarray, classes: list[str], cfg: DatasetConfig) -> Dataset:
-    """Split the pool into train/val and normalise both with the training statistics."""
-    train_idx, val_idx = _stratified_split(labels, cfg.val_split, _rng(cfg.seed, 1))
-    train_x, val_x = x[train_idx], x[val_idx]
+def _assemble(
+    name: str,
+    x: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    cfg: DatasetConfig,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Dataset:
+    """Split the pool into train/val (and test, unless given) and normalise all with the training statistics."""
+    if test is None:
+        # The test split is carved first, from its own seeded stream, so changing val_split
+        # never moves an image between the test split and the others.
+        rest_idx, test_idx = _stratified_split(labels, cfg.test_split, _rng(cfg.seed, 2), "test")
+        test = (x[test_idx], labels[test_idx])
+        x, labels = x[rest_idx], labels[rest_idx]
+    train_idx, val_idx = _stratified_split(labels, cfg.val_split, _rng(cfg.seed, 1), "validation")
+    train_x, val_x, test_x = x[train_idx], x[val_idx], test[0]
     mean, std = _channel_stats(train_x)
-    for arr in (train_x, val_x):
+    for arr in (train_x, val_x, test_x):
         arr -= mean[None, :, None, None]
         arr /= std[None, :, None, None]
     return Dataset(
@@ -132,6 +167,8 @@ def _assemble(name: str, x: np.ndarray, labels: np.ndarray, classes: list[str], 
         class_names=list(classes),
         mean=tuple(float(m) for m in mean),
         std=tuple(float(s) for s in std),
+        test_x=np.ascontiguousarray(test_x, dtype=np.float32),
+        test_y=np.asarray(test[1]).astype(np.int64),
     )
 
 
@@ -163,8 +200,10 @@ def _stratified_pick(labels: np.ndarray, limit: int, rng: np.random.Generator) -
     return np.sort(np.concatenate(picked))
 
 
-def _stratified_split(labels: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Per class, hold out about `share` of the items (at least one, never all) for validation."""
+def _stratified_split(
+    labels: np.ndarray, share: float, rng: np.random.Generator, held_out: str = "validation"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, hold out about `share` of the items (at least one, never all) as the `held_out` split."""
     train, val = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
@@ -173,7 +212,7 @@ def _stratified_split(labels: np.ndarray, share: float, rng: np.random.Generator
         train.append(idx[k:])
     val_idx = np.sort(np.concatenate(val))
     if len(val_idx) == 0:
-        raise DatasetError("too few images per class to hold out a validation split (need 2+ in some class)")
+        raise DatasetError(f"too few images per class to hold out a {held_out} split (need 2+ in some class)")
     return np.sort(np.concatenate(train)), val_idx
 
 

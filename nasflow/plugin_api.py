@@ -65,9 +65,18 @@ class LatencyStats:
     outliers: int = 0  # timings set aside: contended windows and single outliers (> median + 5 * MAD)
 
 
+ENERGY_EXTRA_KEY = "energy_mj_per_image"
+"""A device that measures energy puts millijoules per image under this key of `Measurement.extra`;
+the registry then records it as a row of its own (`metric = 'energy'`, `unit = 'mJ'`)."""
+
+
 @dataclass(frozen=True)
 class Measurement:
-    """One latency number for one model on one device, with where it came from."""
+    """One latency number for one model on one device, with where it came from.
+
+    `extra` holds everything else the device knows (compiler op counts, input shape, energy under
+    ENERGY_EXTRA_KEY); it is stored with the measurement in the registry.
+    """
 
     device: str
     runtime: str  # e.g. "torch 2.13.0" or "onnxruntime 1.31.1"

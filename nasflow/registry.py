@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import decimal
-import io
 import json
-import math
 import numbers
 import random
 import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +26,13 @@ RUN_STATUSES = ("running", "finished", "failed", "interrupted")
 CANDIDATE_STAGES = ("search", "train", "morph", "deploy")
 CANDIDATE_STATUSES = ("ok", "failed")
 MEASUREMENT_SOURCES = ("measured", "lut", "predicted", "estimated")
+MEASUREMENT_METRICS = ("latency", "energy")
+ACCURACY_SOURCES = ("proxy", "full", "supernet", "artifact")
 
-# The single description of every table: it builds the CREATE statements and the README's schema
-# section, so the two cannot drift apart. Migration 1 is generated from it; once a registry file
-# exists in the wild, a schema change must be a new migration (ALTER TABLE ...) *and* an edit
-# here, never an edit here alone.
+# The description of every table as the migrations leave it (columns in database order): it types
+# the rows written, builds the README's schema section, and a test checks it against a registry
+# built by MIGRATIONS. A schema change is a new numbered migration *and* an edit here, never an
+# edit here alone; migrations already released are frozen text.
 SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
     "runs": [
         ("run_id", "VARCHAR", "Identifier of the run; re-running the same spec resumes it."),
@@ -49,6 +46,8 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("started_at", "TIMESTAMP", "When the run was first started (UTC)."),
         ("finished_at", "TIMESTAMP", "When the run last ended (UTC); NULL while running."),
         ("error", "VARCHAR", "Why the run failed or was interrupted."),
+        ("pid", "INTEGER", "Process id of the `nasflow run` that last started the run, on `host`; a `running` run whose process is gone is shown as `interrupted`."),
+        ("train_device", "VARCHAR", "Where candidates were trained (`execution.device` as resolved, e.g. `cpu`, `cuda:0`)."),
     ],
     "candidates": [
         ("candidate_id", "VARCHAR", "Identifier of the candidate."),
@@ -68,6 +67,8 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("score", "DOUBLE", "Scalarised objective the search ranked candidates by."),
         ("extra", "JSON", "Strategy- or plugin-specific fields."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+        ("accuracy_source", "VARCHAR", "How `accuracy` was obtained: short training on a subset, full training, with a supernet's shared weights, or of the deployed file."),
+        ("test_accuracy", "DOUBLE", "Accuracy on the test split, which selection never sees (NULL where not evaluated, e.g. search proxies)."),
     ],
     "measurements": [
         ("measurement_id", "VARCHAR", "Identifier of the measurement."),
@@ -78,7 +79,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("artifact_format", "VARCHAR", "Form of the model measured (e.g. `pytorch`, `onnx`, `tflite_int8`)."),
         ("artifact_id", "VARCHAR", "Deployed file timed (`artifacts.artifact_id`); NULL when the live model was."),
         ("source", "VARCHAR", "How the number was obtained: on the device, from a LUT, by a model, or analytically."),
-        ("metric", "VARCHAR", "Quantity the statistics describe (e.g. `latency`)."),
+        ("metric", "VARCHAR", "Quantity measured; the `*_ms` statistics are filled for `latency` rows only."),
         ("median_ms", "DOUBLE", "Median over the timed runs, milliseconds."),
         ("p90_ms", "DOUBLE", "90th percentile, milliseconds."),
         ("mean_ms", "DOUBLE", "Mean, milliseconds."),
@@ -91,6 +92,9 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("fingerprint", "JSON", "Device fingerprint: CPU model, runtime and library versions, threads."),
         ("fingerprint_hash", "VARCHAR", "Hash of `fingerprint`, for grouping comparable numbers."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+        ("extra", "JSON", "Everything else the device reported (e.g. compiler op counts, energy details, input shape)."),
+        ("unit", "VARCHAR", "Unit of `value`: `ms` for latency, `mJ` for energy per inference."),
+        ("value", "DOUBLE", "The metric's headline number in `unit` (latency: the median; energy: millijoules per image); rank by it across metrics."),
     ],
     "lut": [
         ("device", "VARCHAR", "Device backend name."),
@@ -116,6 +120,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("tolerance", "DOUBLE", "Largest difference accepted."),
         ("verified", "BOOLEAN", "Whether `max_abs_err` was within `tolerance`."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+        ("accuracy", "DOUBLE", "Accuracy of the artifact itself on the test split, 0 to 1 (NULL where not evaluated)."),
     ],
     "schema_version": [
         ("version", "INTEGER", "Number of an applied migration."),
@@ -133,12 +138,16 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "schema_version": ("version",),
 }
 
-# Enforced by CHECK constraints so that, e.g., a predicted latency can never pass for a measured one.
+# Checked on every row written (and by CHECK constraints where migration 1 created the column), so
+# that, e.g., a predicted latency can never pass for a measured one. DuckDB cannot add a column
+# with a constraint, so columns of later migrations are checked here only.
 ALLOWED_VALUES: dict[tuple[str, str], tuple[str, ...]] = {
     ("runs", "status"): RUN_STATUSES,
     ("candidates", "stage"): CANDIDATE_STAGES,
     ("candidates", "status"): CANDIDATE_STATUSES,
+    ("candidates", "accuracy_source"): ACCURACY_SOURCES,
     ("measurements", "source"): MEASUREMENT_SOURCES,
+    ("measurements", "metric"): MEASUREMENT_METRICS,
 }
 
 _ARROW_TYPES = {
@@ -158,29 +167,126 @@ _BATCH_VIEW = "_nasflow_batch"
 _ORDINAL = "_nasflow_ordinal"  # extra batch column that keeps rows in the caller's order
 
 
-def _create_table_sql(table: str, if_not_exists: bool = False) -> str:
-    """CREATE TABLE statement for one table of SCHEMA_DOC."""
-    lines = []
-    for column, sql_type, _ in SCHEMA_DOC[table]:
-        allowed = ALLOWED_VALUES.get((table, column))
-        check = ""
-        if allowed:
-            check = " CHECK (" + column + " IN (" + ", ".join(f"'{v}'" for v in allowed) + "))"
-        lines.append(f"    {column} {sql_type}{check}")
-    lines.append(f"    PRIMARY KEY ({', '.join(PRIMARY_KEYS[table])})")
-    exists = "IF NOT EXISTS " if if_not_exists else ""
-    return f"CREATE TABLE {exists}{table} (\n" + ",\n".join(lines) + "\n);"
+def _create_schema_version_sql() -> str:
+    """The bookkeeping table, created before any migration runs (its shape never changes)."""
+    return (
+        "CREATE TABLE IF NOT EXISTS schema_version "
+        "(version INTEGER, name VARCHAR, applied_at TIMESTAMP, PRIMARY KEY (version));"
+    )
 
 
-def _initial_schema_sql() -> str:
-    """SQL of migration 1: every data table."""
-    tables = ("runs", "candidates", "measurements", "lut", "artifacts")
-    return "\n".join(_create_table_sql(t) for t in tables)
+# Frozen: registries in the wild were created by exactly this text. Never edit a released migration.
+_MIGRATION_1 = """\
+CREATE TABLE runs (
+    run_id VARCHAR,
+    name VARCHAR,
+    spec_hash VARCHAR,
+    spec_yaml VARCHAR,
+    status VARCHAR CHECK (status IN ('running', 'finished', 'failed', 'interrupted')),
+    runner VARCHAR,
+    nasflow_version VARCHAR,
+    host VARCHAR,
+    started_at TIMESTAMP,
+    finished_at TIMESTAMP,
+    error VARCHAR,
+    PRIMARY KEY (run_id)
+);
+CREATE TABLE candidates (
+    candidate_id VARCHAR,
+    run_id VARCHAR,
+    stage VARCHAR CHECK (stage IN ('search', 'train', 'morph', 'deploy')),
+    arch VARCHAR,
+    arch_hash VARCHAR,
+    parent_id VARCHAR,
+    status VARCHAR CHECK (status IN ('ok', 'failed')),
+    error VARCHAR,
+    params BIGINT,
+    macs BIGINT,
+    accuracy DOUBLE,
+    val_loss DOUBLE,
+    train_epochs INTEGER,
+    train_seconds DOUBLE,
+    score DOUBLE,
+    extra JSON,
+    created_at TIMESTAMP,
+    PRIMARY KEY (candidate_id)
+);
+CREATE TABLE measurements (
+    measurement_id VARCHAR,
+    candidate_id VARCHAR,
+    run_id VARCHAR,
+    device VARCHAR,
+    runtime VARCHAR,
+    artifact_format VARCHAR,
+    artifact_id VARCHAR,
+    source VARCHAR CHECK (source IN ('measured', 'lut', 'predicted', 'estimated')),
+    metric VARCHAR,
+    median_ms DOUBLE,
+    p90_ms DOUBLE,
+    mean_ms DOUBLE,
+    std_ms DOUBLE,
+    runs INTEGER,
+    outliers INTEGER,
+    rel_ci DOUBLE,
+    threads INTEGER,
+    batch_size INTEGER,
+    fingerprint JSON,
+    fingerprint_hash VARCHAR,
+    created_at TIMESTAMP,
+    PRIMARY KEY (measurement_id)
+);
+CREATE TABLE lut (
+    device VARCHAR,
+    fingerprint_hash VARCHAR,
+    op_key VARCHAR,
+    input_shape VARCHAR,
+    median_ms DOUBLE,
+    p90_ms DOUBLE,
+    runs INTEGER,
+    source VARCHAR,
+    fingerprint JSON,
+    created_at TIMESTAMP,
+    PRIMARY KEY (device, fingerprint_hash, op_key, input_shape)
+);
+CREATE TABLE artifacts (
+    artifact_id VARCHAR,
+    candidate_id VARCHAR,
+    run_id VARCHAR,
+    format VARCHAR,
+    path VARCHAR,
+    sha256 VARCHAR,
+    size_bytes BIGINT,
+    max_abs_err DOUBLE,
+    tolerance DOUBLE,
+    verified BOOLEAN,
+    created_at TIMESTAMP,
+    PRIMARY KEY (artifact_id)
+);
+"""
 
+_MIGRATION_2 = """\
+ALTER TABLE runs ADD COLUMN pid INTEGER;
+ALTER TABLE runs ADD COLUMN train_device VARCHAR;
+ALTER TABLE candidates ADD COLUMN accuracy_source VARCHAR;
+ALTER TABLE candidates ADD COLUMN test_accuracy DOUBLE;
+UPDATE candidates SET accuracy_source = CASE WHEN stage = 'search' THEN 'proxy' ELSE 'full' END
+    WHERE accuracy IS NOT NULL;
+ALTER TABLE measurements ADD COLUMN extra JSON;
+ALTER TABLE measurements ADD COLUMN unit VARCHAR;
+ALTER TABLE measurements ADD COLUMN value DOUBLE;
+UPDATE measurements SET unit = 'ms', value = median_ms WHERE metric = 'latency';
+ALTER TABLE artifacts ADD COLUMN accuracy DOUBLE;
+"""
 
 # Ordered (version, name, sql); applied once each, in order, one transaction per migration.
 MIGRATIONS: list[tuple[int, str, str]] = [
-    (1, "initial schema: runs, candidates, measurements, lut, artifacts", _initial_schema_sql()),
+    (1, "initial schema: runs, candidates, measurements, lut, artifacts", _MIGRATION_1),
+    (
+        2,
+        "measurements.extra/unit/value (energy rows), candidates.accuracy_source/test_accuracy, "
+        "artifacts.accuracy, runs.pid/train_device",
+        _MIGRATION_2,
+    ),
 ]
 
 
@@ -319,7 +425,7 @@ class Registry:
         """Apply the migrations this file lacks, each in its own transaction."""
         with self._connection(read_only=False) as con:
             try:
-                con.execute(_create_table_sql("schema_version", if_not_exists=True))
+                con.execute(_create_schema_version_sql())
                 applied = {row[0] for row in con.execute("SELECT version FROM schema_version").fetchall()}
             except duckdb.Error as error:
                 raise RegistryError(f"cannot read the schema version of {self.path}: {error}") from error
@@ -343,6 +449,25 @@ class Registry:
         except duckdb.Error as error:
             _rollback(con)
             raise RegistryError(f"migration {version} ({name}) failed on {self.path}: {error}") from error
+
+    def verify_readable(self) -> None:
+        """Read every value of every table once, so a damaged file fails now, not at the first write.
+
+        A truncated file can still answer `count(*)` from its metadata while its data blocks are
+        gone; hashing every column forces each block to be read.
+        """
+        with self._connection(read_only=self.read_only) as con:
+            tables = [r[0] for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'"
+            ).fetchall()]
+            for table in tables:
+                try:
+                    con.execute(f'SELECT sum(hash(COLUMNS(*))) FROM "{table}"').fetchall()
+                except duckdb.Error as error:
+                    raise RegistryError(
+                        f"registry {self.path} is damaged: table {table} cannot be read ({error}); "
+                        "restore the file from a backup or point registry.path at another file"
+                    ) from error
 
     # --- runs ------------------------------------------------------------------------------
 
@@ -595,6 +720,7 @@ def _arrow_column(table: str, column: str, sql_type: str, values: list[Any]) -> 
         values = [_to_timestamp(table, column, v, default) for v in values]
     elif sql_type in ("BIGINT", "INTEGER"):
         _check_integral(table, column, values)
+    _check_allowed(table, column, values)
     try:
         return pa.array(values, type=_ARROW_TYPES[sql_type])
     except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError, ValueError) as error:
@@ -631,6 +757,18 @@ def _to_timestamp(table: str, column: str, value: Any, default: dt.datetime | No
     return value
 
 
+def _check_allowed(table: str, column: str, values: list[Any]) -> None:
+    """Refuse values outside a column's allowed set before DuckDB (or nothing) would."""
+    allowed = ALLOWED_VALUES.get((table, column))
+    if allowed is None:
+        return
+    bad = sorted({str(v) for v in values if v is not None and v not in allowed})
+    if bad:
+        raise RegistryError(
+            f"bad value for {table}.{column}: {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}"
+        )
+
+
 def _check_integral(table: str, column: str, values: list[Any]) -> None:
     """Refuse fractional numbers for integer columns: Arrow would truncate them silently."""
     for value in values:
@@ -642,118 +780,6 @@ def _check_integral(table: str, column: str, values: list[Any]) -> None:
 
 
 # --- output formats --------------------------------------------------------------------------
+# They live in nasflow/output_formats.py (streaming writers too); re-exported for existing callers.
 
-
-def format_table(columns: list[str], rows: list[tuple]) -> str:
-    """Aligned plain-text table (numbers right-aligned, floats to 4 significant digits) with a row count."""
-    cells = [[_table_cell(v) for v in row] for row in rows]
-    widths = [len(c) for c in columns]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    numeric = [_is_numeric_column(rows, i) for i in range(len(columns))]
-    lines = [_table_line(columns, widths, [False] * len(columns))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(_table_line(row, widths, numeric) for row in cells)
-    lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
-    return "\n".join(lines)
-
-
-def _table_line(cells: list[str], widths: list[int], right: list[bool]) -> str:
-    """One padded line of the text table."""
-    padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
-    return "  ".join(padded).rstrip()
-
-
-def _is_numeric_column(rows: list[tuple], index: int) -> bool:
-    """Whether every non-NULL value of the column is a number (bools are not)."""
-    values = [row[index] for row in rows if row[index] is not None]
-    return bool(values) and all(_is_number(v) for v in values)
-
-
-def _is_number(value: Any) -> bool:
-    """Numbers for alignment and rounding purposes: ints, floats, decimals, not bools."""
-    return isinstance(value, (numbers.Number, decimal.Decimal)) and not isinstance(value, bool)
-
-
-def _table_cell(value: Any) -> str:
-    """Text of one value in the plain-text table."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (float, decimal.Decimal)):
-        return _four_significant(float(value))
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    # Newlines (e.g. spec_yaml) would break the alignment of every following row.
-    return str(value).replace("\r", "\\r").replace("\n", "\\n")
-
-
-def _four_significant(value: float) -> str:
-    """A float to 4 significant digits, positional unless very small or very large."""
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    if 1e4 <= abs(value) < 1e15:
-        exponent = math.floor(math.log10(abs(value)))
-        return f"{round(value, 3 - exponent):.0f}"
-    return f"{value:.4g}"
-
-
-def format_csv(columns: list[str], rows: list[tuple]) -> str:
-    """CSV with a header row; NULL is empty, timestamps ISO 8601, JSON values as JSON text."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
-    return buffer.getvalue()
-
-
-def _csv_cell(value: Any) -> Any:
-    """Value of one CSV cell."""
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    return value
-
-
-def format_json(columns: list[str], rows: list[tuple]) -> str:
-    """A JSON list with one object per row; timestamps ISO 8601, NaN and infinities null."""
-    names = _unique_names(columns)
-    objects = [{n: _json_value(v) for n, v in zip(names, row)} for row in rows]
-    return json.dumps(objects, indent=2, allow_nan=False)
-
-
-def _unique_names(columns: list[str]) -> list[str]:
-    """Column names made unique (a_1, a_2, ...) so that no value is lost as a duplicate JSON key."""
-    seen: dict[str, int] = {}
-    names = []
-    for column in columns:
-        count = seen.get(column, 0)
-        seen[column] = count + 1
-        names.append(column if count == 0 else f"{column}_{count}")
-    return names
-
-
-def _json_value(value: Any) -> Any:
-    """A query value as something json.dumps writes faithfully and validly."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        return _json_value(float(value))
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (uuid.UUID, bytes)):
-        return value.hex() if isinstance(value, bytes) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
+from nasflow.output_formats import format_csv, format_json, format_table  # noqa: E402, F401

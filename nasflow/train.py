@@ -56,11 +56,12 @@ def train_model(
     return TrainResult(val_accuracy, val_loss, train_loss, done, time.perf_counter() - start)
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) on the validation split; the model's mode is restored."""
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512, split: str = "val") -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) on the validation (or test) split; the model's mode is restored."""
     device = _model_device(model)
-    x = torch.as_tensor(np.ascontiguousarray(dataset.val_x))
-    y = torch.as_tensor(np.ascontiguousarray(dataset.val_y))
+    images, labels = dataset.split(split)
+    x = torch.as_tensor(np.ascontiguousarray(images))
+    y = torch.as_tensor(np.ascontiguousarray(labels))
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0

@@ -86,8 +86,10 @@ def test_digits_shapes_and_normalisation():
     assert isinstance(ds, Dataset)
     assert ds.train_x.dtype == np.float32 and ds.train_y.dtype == np.int64
     assert ds.train_x.shape[1:] == (1, 8, 8)
-    assert len(ds.train_x) + len(ds.val_x) == 1797
-    assert len(ds.val_x) == pytest.approx(0.2 * 1797, abs=10)
+    assert len(ds.train_x) + len(ds.val_x) + len(ds.test_x) == 1797
+    assert len(ds.test_x) == pytest.approx(0.2 * 1797, abs=10)  # carved first ...
+    assert len(ds.val_x) == pytest.approx(0.2 * (1797 - len(ds.test_x)), abs=10)  # ... then validation
+    assert ds.test_x.dtype == np.float32 and set(np.unique(ds.test_y)) == set(range(10))
     assert ds.num_classes == 10 and ds.class_names == [str(i) for i in range(10)]
     assert ds.in_channels == 1 and ds.image_size == 8 and ds.input_shape == (1, 1, 8, 8)
     assert abs(float(ds.train_x.mean())) < 1e-4 and float(ds.train_x.std()) == pytest.approx(1.0, abs=1e-3)
@@ -99,8 +101,8 @@ def test_digits_memoised_and_seeded():
     cfg = DatasetConfig(subset=300, seed=3)
     first = load_dataset(cfg)
     assert load_dataset(DatasetConfig(subset=300, seed=3)) is first
-    assert len(first.train_y) + len(first.val_y) == 300
-    assert np.bincount(np.concatenate([first.train_y, first.val_y])).min() >= 29  # stratified
+    assert len(first.train_y) + len(first.val_y) + len(first.test_y) == 300
+    assert np.bincount(np.concatenate([first.train_y, first.val_y, first.test_y])).min() >= 29  # stratified
     other = load_dataset(DatasetConfig(subset=300, seed=4))
     assert not np.array_equal(first.val_x, other.val_x)
     clear_dataset_memo()
@@ -121,18 +123,20 @@ def test_directory_layout(tmp_path):
     ds = load_dataset(_cfg(root, tmp_path))
     assert ds.class_names == list(CLASSES) and ds.num_classes == 3
     assert ds.train_x.shape[1:] == (3, 10, 10) and ds.train_x.dtype == np.float32
-    assert len(ds.train_y) + len(ds.val_y) == 18
-    assert np.bincount(ds.val_y).tolist() == [1, 1, 1]  # round(6 * 0.2) per class
+    assert len(ds.train_y) + len(ds.val_y) + len(ds.test_y) == 18
+    assert np.bincount(ds.test_y).tolist() == [1, 1, 1]  # round(6 * 0.2) per class
+    assert np.bincount(ds.val_y).tolist() == [1, 1, 1]  # round(5 * 0.2) of the rest
     assert len(ds.mean) == 3 and ds.name == "pets"
 
 
 def test_tar_with_wrapper_folder_and_split(tmp_path):
     files = _tree_files("bundle/train/") | _tree_files("bundle/test/")
     archive = _write_tar(tmp_path / "pets.tar.gz", files)
-    ds = load_dataset(_cfg(archive, tmp_path, split="train", image_size=6, val_split=0.5))
-    assert ds.input_shape == (1, 3, 6, 6)
+    ds = load_dataset(_cfg(archive, tmp_path, split="train", test="test", image_size=6, val_split=0.5))
+    assert ds.input_shape == (1, 3, 6, 6) and ds.test_x.shape[1:] == (3, 6, 6)
     assert ds.class_names == list(CLASSES)
     assert np.bincount(ds.train_y).tolist() == [3, 3, 3] and np.bincount(ds.val_y).tolist() == [3, 3, 3]
+    assert np.bincount(ds.test_y).tolist() == [6, 6, 6]  # the whole test folder
     assert ds.name == "pets/train"
 
 
@@ -140,7 +144,7 @@ def test_subset_decodes_only_kept_files(tmp_path, decode_counter):
     archive = _write_tar(tmp_path / "pets.tgz", _tree_files())
     ds = load_dataset(_cfg(archive, tmp_path, subset=9))
     assert len(decode_counter) == 9
-    labels = np.concatenate([ds.train_y, ds.val_y])
+    labels = np.concatenate([ds.train_y, ds.val_y, ds.test_y])
     assert np.bincount(labels).tolist() == [3, 3, 3]
 
 
@@ -209,9 +213,10 @@ def test_mixed_sizes_need_image_size(tmp_path):
 def test_real_cifar_subset(tmp_path):
     if not CIFAR.is_file():
         pytest.skip(f"real CIFAR-10 archive not available at {CIFAR}")
-    ds = load_dataset(_cfg(CIFAR, tmp_path, split="train", subset=200))
+    ds = load_dataset(_cfg(CIFAR, tmp_path, split="train", test="test", subset=200))
     assert ds.input_shape == (1, 3, 32, 32) and ds.num_classes == 10
     assert len(ds.train_y) + len(ds.val_y) == 200
+    assert np.bincount(ds.test_y).tolist() == [1000] * 10  # the official test split, never subset
     assert np.bincount(ds.val_y, minlength=10).tolist() == [4] * 10
     assert all(abs(m - ref) < 0.05 for m, ref in zip(ds.mean, (0.4917, 0.4826, 0.4472)))
 
@@ -222,3 +227,30 @@ def test_truncated_archive(tmp_path):
     archive.write_bytes(payload[: len(payload) // 2])
     with pytest.raises(DatasetError, match="cannot read archive .*pets.tar.gz"):
         load_dataset(_cfg(archive, tmp_path))
+
+
+def test_test_split_is_disjoint_and_stable_when_val_split_changes():
+    # Selection must never see a test image, and tuning val_split must not move the test split.
+    a = load_dataset(DatasetConfig(val_split=0.2))
+    b = load_dataset(DatasetConfig(val_split=0.3))
+    assert len(a.val_y) != len(b.val_y)
+    # normalisation follows the training part, so compare labels and raw counts, not pixels
+    assert np.array_equal(a.test_y, b.test_y) and len(a.test_y) == len(b.test_y)
+    assert len(a.train_y) + len(a.val_y) == len(b.train_y) + len(b.val_y) == 1797 - len(a.test_y)
+    # un-normalised, the test images are the same ones
+    raw = lambda d: d.test_x * np.array(d.std)[None, :, None, None] + np.array(d.mean)[None, :, None, None]  # noqa: E731
+    assert np.allclose(raw(a), raw(b), atol=1e-5)
+
+
+def test_test_folder_must_match_the_training_classes(tmp_path):
+    files = _tree_files("train/") | {k: v for k, v in _tree_files("test/").items() if not k.startswith("test/fox/")}
+    root = _write_tree(tmp_path / "pets", files)
+    with pytest.raises(DatasetError, match="test split 'test' has classes"):
+        load_dataset(_cfg(root, tmp_path, split="train", test="test"))
+
+
+def test_test_subfolder_options_are_checked():
+    with pytest.raises(ValueError, match="needs dataset.name 'image_folder'"):
+        DatasetConfig(test="test")
+    with pytest.raises(ValueError, match="must be held out"):
+        DatasetConfig(name="image_folder", path="x", split="train", test="train")

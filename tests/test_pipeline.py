@@ -47,6 +47,17 @@ def test_full_pipeline_then_resume(tiny_spec):
     assert train["parent_id"] in parent_ids and morph["parent_id"] == train["candidate_id"]
     assert morph["macs"] <= train["macs"]
 
+    # where each accuracy came from: proxies in the search, held-out test accuracy after training
+    search_rows = [r for r in registry.get_candidates(summary.run_id, stage="search") if r["status"] == "ok"]
+    assert {r["accuracy_source"] for r in search_rows} == {"proxy"}
+    assert all(r["test_accuracy"] is None for r in search_rows)  # selection never looks at the test split
+    for row in (train, morph):
+        assert row["accuracy_source"] == "full" and 0 <= row["test_accuracy"] <= 1
+    _, units = registry.query("SELECT DISTINCT metric, unit FROM measurements WHERE run_id = ?", [summary.run_id])
+    assert units == [("latency", "ms")]
+    _, same = registry.query("SELECT count(*) FROM measurements WHERE value IS DISTINCT FROM median_ms")
+    assert same == [(0,)]
+
     # deploy: a verified ONNX file whose sha256 matches the registry, timed as an artifact
     artifacts = registry.get_artifacts(summary.run_id)
     assert len(artifacts) == 1 and artifacts[0]["verified"]

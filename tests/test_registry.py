@@ -94,25 +94,29 @@ def test_migrations_are_idempotent(path):
     assert [r[0] for r in rows] == [m[0] for m in reg.MIGRATIONS]
 
 
+NEXT = reg.MIGRATIONS[-1][0] + 1
+
+
 def test_reopen_applies_only_missing_migrations(path, monkeypatch):
     Registry(path)
-    extra = (2, "add runs.note", "ALTER TABLE runs ADD COLUMN note VARCHAR")
+    extra = (NEXT, "add runs.note", "ALTER TABLE runs ADD COLUMN note VARCHAR")
     monkeypatch.setattr(reg, "MIGRATIONS", reg.MIGRATIONS + [extra])
     Registry(path)
     registry = Registry(path)
-    assert registry.query("SELECT version FROM schema_version ORDER BY version")[1] == [(1,), (2,)]
+    versions = [r[0] for r in registry.query("SELECT version FROM schema_version ORDER BY version")[1]]
+    assert versions == list(range(1, NEXT + 1))
     assert "note" in registry.query("SELECT * FROM runs")[0]
 
 
 def test_failed_migration_leaves_no_trace(path, monkeypatch):
     Registry(path)
-    broken = (2, "broken", "CREATE TABLE half (x INTEGER); SELECT * FROM no_such_table")
+    broken = (NEXT, "broken", "CREATE TABLE half (x INTEGER); SELECT * FROM no_such_table")
     monkeypatch.setattr(reg, "MIGRATIONS", reg.MIGRATIONS + [broken])
-    with pytest.raises(RegistryError, match="migration 2"):
+    with pytest.raises(RegistryError, match=f"migration {NEXT}"):
         Registry(path)
     monkeypatch.undo()
     registry = Registry(path)
-    assert registry.query("SELECT max(version) FROM schema_version")[1] == [(1,)]
+    assert registry.query("SELECT max(version) FROM schema_version")[1] == [(NEXT - 1,)]
     tables = {r[0] for r in registry.query("SELECT table_name FROM information_schema.tables")[1]}
     assert "half" not in tables
 
@@ -277,7 +281,7 @@ def test_bad_values_name_the_column(registry):
 
 
 def test_measurement_source_check_rejects_guessed(registry):
-    with pytest.raises(RegistryError, match="CHECK constraint"):
+    with pytest.raises(RegistryError, match="measurements.source: 'guessed'"):
         registry.add_measurements([measurement(0), measurement(1, source="guessed")])
     assert count(registry, "measurements") == 0  # the whole batch is rolled back
     for i, source in enumerate(reg.MEASUREMENT_SOURCES):
@@ -285,11 +289,24 @@ def test_measurement_source_check_rejects_guessed(registry):
     assert count(registry, "measurements") == 4
 
 
-def test_candidate_stage_and_status_checked(registry):
-    with pytest.raises(RegistryError, match="CHECK constraint"):
+def test_candidate_stage_status_and_accuracy_source_checked(registry):
+    with pytest.raises(RegistryError, match="candidates.stage: 'profile'"):
         registry.add_candidates([candidate(0, stage="profile")])
-    with pytest.raises(RegistryError, match="CHECK constraint"):
+    with pytest.raises(RegistryError, match="candidates.status: 'meh'"):
         registry.add_candidates([candidate(0, status="meh")])
+    with pytest.raises(RegistryError, match="candidates.accuracy_source: 'guess'; allowed: proxy, full"):
+        registry.add_candidates([candidate(0, accuracy_source="guess")])
+    assert count(registry, "candidates") == 0
+
+
+def test_database_check_constraints_still_guard_migration_1_columns(registry, path):
+    # A writer that bypasses nasflow's checks still meets the constraints migration 1 created.
+    con = duckdb.connect(str(path))
+    try:
+        with pytest.raises(duckdb.ConstraintException):
+            con.execute("INSERT INTO measurements (measurement_id, source) VALUES ('m', 'guessed')")
+    finally:
+        con.close()
 
 
 def test_get_filters(registry):

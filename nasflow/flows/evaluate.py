@@ -67,14 +67,16 @@ def train_one(
     epochs: int,
     subset: float,
     checkpoint: str | None = None,
+    test: bool = False,
     progress: ProgressChannel | None = None,
 ) -> dict[str, Any]:
-    """Train one architecture (proxy or full) and return its validation metrics; never raises.
+    """Train one architecture (proxy or full) and return its validation metrics (and test accuracy
+    with `test`: proxies never look at the test split); never raises.
 
     With `progress`, each finished epoch advances that stage; `epochs_reported` in the result
     says how many advances reached it (0 in another process: the stage catches up on the result).
     """
-    from ..train import train_model
+    from ..train import evaluate, train_model
 
     start = time.perf_counter()
     reported = 0
@@ -88,6 +90,7 @@ def train_one(
         data = load_dataset(dataset_cfg)
         model = model_for(parse_arch(arch), dataset_cfg, train_cfg.seed)
         result = train_model(model, data, train_cfg, epochs=epochs, subset=subset, progress=on_epoch)
+        test_accuracy = evaluate(model, data, split="test")[0] if test else None
         if checkpoint:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), checkpoint)
@@ -99,6 +102,7 @@ def train_one(
         "error": None,
         "epochs_reported": reported,
         "accuracy": result.val_accuracy,
+        "test_accuracy": test_accuracy,
         "val_loss": result.val_loss,
         "train_epochs": result.epochs,
         "train_seconds": result.seconds,
@@ -114,12 +118,13 @@ def train_candidates(
     subset: float,
     threads: int,
     checkpoints: list[str | None] | None = None,
+    test: bool = False,
     progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
     """Train a chunk of architectures one after another on one worker; results in input order."""
     torch.set_num_threads(threads)
     checkpoints = checkpoints or [None] * len(archs)
-    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, progress) for a, c in zip(archs, checkpoints)]
+    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test, progress) for a, c in zip(archs, checkpoints)]
 
 
 def train_in_parallel(
@@ -130,6 +135,7 @@ def train_in_parallel(
     subset: float,
     workers: int,
     checkpoints: list[str | None] | None = None,
+    test: bool = False,
     progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
     """Fan `archs` out over the flow's task runner as one task per worker, not per candidate.
@@ -150,6 +156,7 @@ def train_in_parallel(
         unmapped(subset),
         unmapped(threads_per_task(workers)),
         [[checkpoints[i] for i in chunk] for chunk in chunks],
+        unmapped(test),
         unmapped(progress),
     )
     results: list[dict[str, Any]] = [{}] * len(archs)

@@ -15,6 +15,7 @@ from ..plugin_api import CompressContext
 from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import arch_hash, format_arch, parse_arch
+from ..train import evaluate
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, measure_everywhere
 from .records import candidate_id, checkpoint_path, measurement_rows
@@ -52,6 +53,7 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
     return {
         "error": None, "arch": child, "candidate_id": cand_id, "checkpoint": str(ckpt),
         "accuracy": result.val_accuracy, "val_loss": result.val_loss, "stats": result.stats,
+        "test_accuracy": evaluate(result.model, data, split="test")[0],
     }
 
 
@@ -87,7 +89,8 @@ def _child_row(ctx: RunContext, parent: dict, result: dict, devices) -> tuple[di
         row.update(status="failed", error=error)
     else:
         latency = latency_on(measured, spec.objective_device)
-        row.update(status="ok", accuracy=result["accuracy"], val_loss=result["val_loss"],
+        row.update(status="ok", accuracy=result["accuracy"], accuracy_source="full",
+                   test_accuracy=result["test_accuracy"], val_loss=result["val_loss"],
                    score=score(result["accuracy"], latency, spec.objectives))
     return row, measurement_rows(row["candidate_id"], ctx.run_id, measured)
 

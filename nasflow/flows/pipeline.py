@@ -111,6 +111,7 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
     spec = loaded.spec
     ctx = RunContext(spec.run_id(), spec)
     registry = Registry(spec.registry.path)  # refuses a non-DuckDB file before any work is done
+    registry.verify_readable()  # and a damaged one, before the first write rather than at it
     _start_api_server_shielded_from_ctrl_c()
     resumed = registry.start_run(
         ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
@@ -139,7 +140,7 @@ def candidate_table(registry: Registry, run_id: str, objective_device: str, devi
     measurements = registry.get_measurements([r["candidate_id"] for r in rows]) if rows else []
     by_candidate: dict[str, dict[str, dict]] = {}
     for m in measurements:
-        if m["artifact_id"] is None:
+        if m["artifact_id"] is None and m["metric"] == "latency":
             per_device = by_candidate.setdefault(m["candidate_id"], {})
             # a number measured on the device wins over a predicted one for the same candidate
             if m["device"] not in per_device or m["source"] == "measured":

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fingerprint import fingerprint_hash
-from ..plugin_api import Measurement
+from ..plugin_api import ENERGY_EXTRA_KEY, Measurement
 
 
 def stable_id(*parts: Any) -> str:
@@ -28,34 +28,51 @@ def checkpoint_path(work_dir: Path, run_id: str, cand_id: str) -> Path:
 def measurement_rows(
     cand_id: str, run_id: str, measurements: list[Measurement], artifact_id: str | None = None
 ) -> list[dict]:
-    """Rows for `measurements` of a candidate: of its live model, or of a deployed artifact."""
+    """Rows for `measurements` of a candidate: of its live model, or of a deployed artifact.
+
+    Each measurement gives its latency row, with everything the device reported in `extra`; a
+    measurement that carries energy gives an `energy` row beside it, so SQL can rank by energy.
+    """
     rows = []
     for m in measurements:
         rel_ci = m.stats.rel_ci if math.isfinite(m.stats.rel_ci) else None  # too few runs for an interval
-        rows.append(
-            {
-                "measurement_id": stable_id("measurement", cand_id, m.device, m.artifact_format, m.source, artifact_id),
-                "candidate_id": cand_id,
-                "run_id": run_id,
-                "device": m.device,
-                "runtime": m.runtime,
-                "artifact_format": m.artifact_format,
-                "artifact_id": artifact_id,
-                "source": m.source,
-                "metric": "latency",
-                "median_ms": m.stats.median_ms,
-                "p90_ms": m.stats.p90_ms,
-                "mean_ms": m.stats.mean_ms,
-                "std_ms": m.stats.std_ms,
-                "runs": m.stats.runs,
-                "outliers": m.stats.outliers,
-                "rel_ci": rel_ci,
-                "threads": m.threads,
-                "batch_size": m.batch_size,
-                "fingerprint": m.fingerprint,
-                "fingerprint_hash": fingerprint_hash(m.fingerprint),
-            }
-        )
+        common = {
+            "candidate_id": cand_id,
+            "run_id": run_id,
+            "device": m.device,
+            "runtime": m.runtime,
+            "artifact_format": m.artifact_format,
+            "artifact_id": artifact_id,
+            "source": m.source,
+            "runs": m.stats.runs,
+            "threads": m.threads,
+            "batch_size": m.batch_size,
+            "fingerprint": m.fingerprint,
+            "fingerprint_hash": fingerprint_hash(m.fingerprint),
+            "extra": m.extra or None,
+        }
+        rows.append({
+            **common,
+            "measurement_id": stable_id("measurement", cand_id, m.device, m.artifact_format, m.source, artifact_id),
+            "metric": "latency",
+            "unit": "ms",
+            "value": m.stats.median_ms,
+            "median_ms": m.stats.median_ms,
+            "p90_ms": m.stats.p90_ms,
+            "mean_ms": m.stats.mean_ms,
+            "std_ms": m.stats.std_ms,
+            "outliers": m.stats.outliers,
+            "rel_ci": rel_ci,
+        })
+        energy = (m.extra or {}).get(ENERGY_EXTRA_KEY)
+        if energy is not None and math.isfinite(float(energy)):
+            rows.append({
+                **common,
+                "measurement_id": stable_id("measurement", cand_id, m.device, m.artifact_format, m.source, artifact_id, "energy"),
+                "metric": "energy",
+                "unit": "mJ",
+                "value": float(energy),
+            })
     return rows
 
 

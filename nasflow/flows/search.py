@@ -50,6 +50,7 @@ def _candidate_row(ctx: RunContext, arch: Arch, genome: Genome, trained: dict, m
     row.update(
         status="ok",
         accuracy=trained["accuracy"],
+        accuracy_source="proxy",
         val_loss=trained["val_loss"],
         train_epochs=trained["train_epochs"],
         train_seconds=trained["train_seconds"],

@@ -67,7 +67,7 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     with progress_channel(STAGE) as channel:
         results = train_in_parallel(
             [j["arch"] for j in todo], spec.dataset, spec.train.config, epochs, 1.0,
-            spec.execution.workers, [j["checkpoint"] for j in todo], channel,
+            spec.execution.workers, [j["checkpoint"] for j in todo], test=True, progress=channel,
         )
     devices = make_devices(spec.devices)
     rows, mrows = [], []
@@ -86,7 +86,8 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
         else:
             latency = latency_on(measured, spec.objective_device)
             row.update(
-                status="ok", accuracy=result["accuracy"], val_loss=result["val_loss"],
+                status="ok", accuracy=result["accuracy"], accuracy_source="full",
+                test_accuracy=result["test_accuracy"], val_loss=result["val_loss"],
                 train_epochs=result["train_epochs"], train_seconds=result["train_seconds"],
                 score=score(result["accuracy"], latency, spec.objectives),
             )

@@ -35,7 +35,7 @@ from pydantic import Field
 from nasflow.errors import DeviceError
 from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
-from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.plugin_api import ENERGY_EXTRA_KEY, DeviceBackend, LatencyStats, Measurement
 from nasflow.timing import TimingOptions, run_rounds
 
 if TYPE_CHECKING:
@@ -268,7 +268,7 @@ class CudaDevice(DeviceBackend):
         }
         if energy is not None:
             extra.update(energy)
-            extra["energy_mj_per_image"] = energy["energy_mj_per_call"] / opts.batch_size
+            extra[ENERGY_EXTRA_KEY] = energy["energy_mj_per_call"] / opts.batch_size
         return self.make_measurement(
             stats,
             runtime=f"torch {torch.__version__} CUDA {torch.version.cuda}",
