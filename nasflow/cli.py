@@ -106,6 +106,13 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
     from .spec import load_spec, with_options
 
