@@ -13,6 +13,7 @@ from .errors import NasflowError, RunInterrupted
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command cut off by `| head`
 
 
 def _default_registry() -> str:
@@ -86,7 +87,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugins
-    from .registry import format_table
+    from .output_formats import format_table
 
     plugins = get_plugins()
     rows = [(p.kind, p.name, p.package, p.version, p.description) for p in plugins.list()]
@@ -96,7 +97,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from .plugins import get_plugins
-    from .registry import format_table
+    from .output_formats import format_table
 
     rows = []
     for info in get_plugins().list("device"):
@@ -133,7 +134,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .flows.latency import profile_device
     from .lut import device_fingerprint_hash
     from .progress import using_reporter
-    from .registry import Registry, format_table
+    from .output_formats import format_table
+    from .registry import Registry
 
     data = load_dataset(spec.dataset)
     registry = Registry(spec.registry.path)
@@ -254,6 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     except NasflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader (`nasflow plugins | head`) stopped reading: stop quietly, as commands in a pipe do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

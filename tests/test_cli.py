@@ -505,3 +505,12 @@ def test_progress_reaches_the_reporter_from_worker_threads_and_degrades_in_other
     lines = [LOG_LINE.match(line).groups() for line in out.getvalue().splitlines()]
     assert [text.split()[0] for stage, text in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"], lines
     assert lines[-1] == ("train", "done: 2 trained")
+
+
+def test_a_closed_pipe_ends_a_command_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "nasflow.cli", "plugins"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc.stdout.close()  # as `| head` does once it has what it wants
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
