@@ -224,10 +224,11 @@ def is_spawned_worker(pid: int) -> bool:
     return "multiprocessing.spawn" in _cmdline(pid)
 
 
-@pytest.mark.parametrize("runner", ["thread", "dask"])
+@pytest.mark.parametrize("runner", ["thread", "process", "dask"])
 def test_sigkill_of_nasflow_run_leaves_no_process(tmp_path, runner):
     if runner == "dask":
         pytest.importorskip("prefect_dask")
+    pooled = runner in ("process", "dask")  # worker processes: wait until they are there too
     proc, log = start_run(tmp_path, runner, train=False, morph=False, deploy=False)
     noted: dict[int, int] = {}
     try:
@@ -236,8 +237,8 @@ def test_sigkill_of_nasflow_run_leaves_no_process(tmp_path, runner):
             now = descendants(proc.pid)
             noted.update(now)
             server = any(is_api_server(p) for p in now)
-            workers = sum(is_spawned_worker(p) for p in now)  # Dask's worker processes
-            return proc.poll() is not None or (server and (runner != "dask" or workers >= 2))
+            workers = sum(is_spawned_worker(p) for p in now)  # the runner's worker processes
+            return proc.poll() is not None or (server and (not pooled or workers >= 2))
 
         assert wait_until(has_children, timeout=240, interval=0.2), log.read_text()[-3000:]
         assert proc.poll() is None, f"the run ended before its children could be seen:\n{log.read_text()[-3000:]}"
