@@ -86,7 +86,8 @@ class ApiServer:
         self._output.seek(0)
         return self._output.read().decode(errors="replace")[-limit:].strip()
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether the server answers its health check now."""
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a local address: no proxy
         try:
             with opener.open(f"{self.url}/health", timeout=2) as response:
@@ -102,7 +103,7 @@ class ApiServer:
             limit = timeout if timeout is not None else _startup_timeout()
             deadline = time.monotonic() + limit
             attempts = 1
-            while not self._answers():
+            while not self.answers():
                 status = self.process.poll()
                 if status == _STARTUP_FAILURE and attempts < _PORT_ATTEMPTS:
                     attempts += 1
