@@ -89,7 +89,8 @@ def kill_all(processes: dict[int, int]) -> None:
 
 
 def python_env() -> dict[str, str]:
-    env = dict(os.environ)
+    # Without PREFECT_API_URL (an in-process run of another test sets it): the run starts its own server.
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["NASFLOW_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     return env

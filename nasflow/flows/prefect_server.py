@@ -170,7 +170,11 @@ def start_api_server() -> ApiServer | None:
 
 
 def use_api_server(server: ApiServer | None) -> None:
-    """Wait until `server` answers, then make this process's Prefect clients (and its children) use it."""
+    """Wait until `server` answers, then make this process's Prefect clients (and its children) use it.
+
+    PREFECT_API_URL stays set in this process's environment while the server lives, so later runs
+    in the process, and processes it starts, use the same server.
+    """
     if server is None:
         return
     server.wait_until_up()
