@@ -133,16 +133,21 @@ def print_markdown(name: str, markdown, path: Path) -> int:
 def update_readme(names: Iterable[str] | None = None) -> list[str]:
     """Replace README.md's block of each benchmark with its rendering; returns the names changed."""
     text = README.read_text()
-    present = readme_blocks(text)
+    wanted = list(names or benchmark_names())
+    missing = sorted(set(wanted) - set(readme_blocks(text)))
+    if missing:
+        raise SystemExit(f"README.md has no block for {', '.join(missing)}: add its two marker lines first")
     changed = []
-    for name in names or benchmark_names():
-        if name not in present:
-            raise SystemExit(f"README.md has no block for benchmarks/{name}.py: add its two marker lines first")
-        body = render(name)
-        if present[name].strip() != body:
-            text = text.replace(wrap(name, present[name]), wrap(name, body))
-            changed.append(name)
-    README.write_text(text)
+
+    def replace(match: re.Match) -> str:
+        if match["name"] not in wanted:
+            return match[0]
+        body = render(match["name"])
+        if match["body"].strip() != body:
+            changed.append(match["name"])
+        return wrap(match["name"], body)
+
+    README.write_text(_BLOCK.sub(replace, text))
     return changed
 
 
