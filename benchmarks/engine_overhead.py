@@ -1016,7 +1016,7 @@ def markdown(report: dict) -> str:
         target = last["target_ms_per_candidate"]
         met = [r for r in runs if r["meets_target"]]
         verdict = (
-            f"met at batch {', '.join(str(r['batch_size']) for r in met)}" if met
+            f"met at batch {' and '.join(str(r['batch_size']) for r in met)}" if met
             else f"not met in this run ({tables.number(min(r['overhead_ms_per_candidate'] for r in runs))} ms at best)"
         )
         parts.append(tables.paragraph(
@@ -1029,7 +1029,7 @@ def markdown(report: dict) -> str:
             "the rest is constructing each candidate's `nn.Module`, which a real device needs. Prefect's API server",
             "(a separate process, not in these figures) spent",
             " and ".join(
-                f"{r['prefect_server_cpu_ms_per_candidate']:.0f} ms" for r in reversed(runs)
+                f"{r['prefect_server_cpu_ms_per_candidate']:.0f} ms at batch {r['batch_size']}" for r in reversed(runs)
                 if r["prefect_server_cpu_ms_per_candidate"] is not None
             ),
             "of CPU per candidate recording the task runs.",
