@@ -17,6 +17,7 @@ from ..errors import RunInterrupted
 from ..objectives import pareto_front
 from ..registry import Registry
 from ..spec import LoadedSpec
+from ..train_device import resolve_device
 from .context import RunContext
 from .deploy import deploy_stage
 from .evaluate import threads_per_task
@@ -114,7 +115,8 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
     registry.verify_readable()  # and a damaged one, before the first write rather than at it
     _start_api_server_shielded_from_ctrl_c()
     resumed = registry.start_run(
-        ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
+        ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__,
+        train_device=str(resolve_device(spec.execution.device)),
     )
     try:
         with _quiet_interrupt_crashes():
