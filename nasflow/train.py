@@ -62,7 +62,7 @@ def train_model(
     return TrainResult(val_accuracy, val_loss, train_loss, done, time.perf_counter() - start)
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512, split: str = "val") -> tuple[float, float]:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, split: str = "val") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on the validation (or test) split; the model's mode is restored."""
     device = _model_device(model)
     labels = dataset.labels_of(split)
