@@ -142,7 +142,10 @@ def make_null_train_task():
     from prefect.cache_policies import NO_CACHE
 
     @task(name="null-train-candidates", cache_policy=NO_CACHE, persist_result=False)
-    def null_train_candidates(archs, dataset_cfg, train_cfg, epochs, subset, threads, checkpoints=None, test=False, progress=None):
+    def null_train_candidates(
+        archs, dataset_cfg, train_cfg, epochs, subset, threads, checkpoints=None, test=False, progress=None,
+        device="auto", amp=False,
+    ):
         return [
             {
                 "arch": arch,

@@ -33,6 +33,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = loaded.spec
     stages = [s for s in ("profile", "search", "train", "morph", "deploy") if getattr(spec, s).enabled]
     print(f"{args.spec}: valid (run id {spec.run_id()}; stages: {', '.join(stages) or 'none'})")
+    if args.data:
+        from .data import load_dataset
+
+        print("\n".join(load_dataset(spec.dataset).summary()))
     return 0
 
 
@@ -42,6 +46,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     loaded = load_spec(args.spec)
+    from .data import load_dataset
+
+    load_dataset(loaded.spec.dataset)  # bad data stops the run here, before any flow starts
     from .flows.pipeline import run_spec  # imports Prefect: only once the spec is known to be good
 
     console = _console()
@@ -198,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="validate a workflow spec without running it")
     p.add_argument("spec", type=Path)
+    p.add_argument("--data", action="store_true", help="also load the dataset: sizes, classes, unreadable images")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("sql", help="run one read-only SQL statement (SELECT, DESCRIBE, ...) against the results registry")

@@ -28,7 +28,13 @@ class DatasetConfig(Section):
     )
     val_split: float = Field(0.2, gt=0, lt=1, description="share of the training pool held out for validation")
     image_size: int | None = Field(None, gt=0, description="resize images to this square size (default: native)")
-    cache_dir: Path = Field(Path(".nasflow/cache"), description="where decoded arrays are cached")
+    channels: Literal[1, 3] | None = Field(
+        None, description="1 (grayscale) or 3 (RGB); default: 1 when every image is grayscale, else 3"
+    )
+    skip_bad_files: bool = Field(
+        False, description="leave out images that cannot be decoded (counted, with a warning) instead of refusing the dataset"
+    )
+    cache_dir: Path = Field(Path(".nasflow/cache"), description="where decoded pixels are cached")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -201,3 +207,17 @@ class ExecutionConfig(Section):
     workers: int = Field(2, ge=1)
     seed: int = 0
     work_dir: Path = Field(Path(".nasflow/runs"), description="checkpoints of trained candidates")
+    device: str = Field(
+        "auto",
+        pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where candidates train: auto (a CUDA GPU when one is present, else cpu), cpu, cuda, cuda:N",
+    )
+    amp: bool = Field(
+        False, description="mixed precision on CUDA (bf16 autocast, or fp16 with gradient scaling where bf16 is missing)"
+    )
+
+    @model_validator(mode="after")
+    def _amp_needs_cuda(self) -> "ExecutionConfig":
+        if self.amp and self.device == "cpu":
+            raise ValueError("execution.amp needs a CUDA device; with execution.device 'cpu' training is float32 only")
+        return self

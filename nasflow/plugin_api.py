@@ -196,6 +196,8 @@ class CompressContext:
     train_config: "TrainConfig"
     input_shape: tuple[int, ...]  # (1, C, H, W)
     progress: Any = None  # callable(step: str, done: int, total: int) or None
+    device: str = "cpu"  # torch device to train on (`execution.device` as resolved, e.g. 'cuda:0')
+    amp: bool = False  # `execution.amp`: mixed-precision training on CUDA
 
 
 @dataclass

@@ -472,7 +472,8 @@ class Registry:
     # --- runs ------------------------------------------------------------------------------
 
     def start_run(
-        self, run_id: str, name: str, spec_hash: str, spec_yaml: str, runner: str, nasflow_version: str
+        self, run_id: str, name: str, spec_hash: str, spec_yaml: str, runner: str, nasflow_version: str,
+        train_device: str | None = None,
     ) -> bool:
         """Record a run as running; returns True when the run already existed (a resume)."""
         with self._writing() as con:
@@ -481,14 +482,15 @@ class Registry:
                 # Keep the original spec and start time; record where and with what it resumed.
                 con.execute(
                     "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
-                    "runner = ?, nasflow_version = ?, host = ? WHERE run_id = ?",
-                    [runner, nasflow_version, socket.gethostname(), run_id],
+                    "runner = ?, nasflow_version = ?, host = ?, train_device = ? WHERE run_id = ?",
+                    [runner, nasflow_version, socket.gethostname(), train_device, run_id],
                 )
             else:
                 con.execute(
                     "INSERT INTO runs (run_id, name, spec_hash, spec_yaml, status, runner, nasflow_version, "
-                    "host, started_at) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?)",
-                    [run_id, name, spec_hash, spec_yaml, runner, nasflow_version, socket.gethostname(), _utcnow()],
+                    "host, started_at, train_device) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
+                    [run_id, name, spec_hash, spec_yaml, runner, nasflow_version, socket.gethostname(), _utcnow(),
+                     train_device],
                 )
         return exists
 

@@ -242,6 +242,12 @@ def _environment_messages(spec: Spec, lines: dict[tuple, int], source: str) -> l
     if spec.dataset.name == "image_folder" and spec.dataset.path and not spec.dataset.path.exists():
         loc = ("dataset", "path")
         messages.append(f"{source}:{_line_for(lines, loc)}: dataset.path: '{spec.dataset.path}' does not exist")
+    from .train_device import device_problem
+
+    problem = device_problem(spec.execution.device)
+    if problem:
+        loc = ("execution", "device")
+        messages.append(f"{source}:{_line_for(lines, loc)}: execution.device: {problem}")
     from .flows.runners import runner_problem
 
     problem = runner_problem(spec.execution.runner)

@@ -1,4 +1,4 @@
-"""Train and evaluate a classifier on an in-memory Dataset (CPU, deterministic per seed)."""
+"""Train and evaluate a classifier on a Dataset, on the CPU or a CUDA GPU (deterministic per seed on the CPU)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Dataset
+from .train_device import amp_dtype, resolve_device
 
 _PAD = 2  # pixels of padding for the random-crop augmentation
 
@@ -35,70 +36,95 @@ def train_model(
     subset: float = 1.0,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
     progress: Callable[[int, int, float], None] | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
 ) -> TrainResult:
-    """Train `model` in place, then evaluate it on the validation split."""
+    """Train `model` in place, then evaluate it (in float32) on the validation split.
+
+    `device` is an `execution.device` value or a torch device (None: wherever the model is); the
+    model is moved there and stays there. `amp` autocasts the forward pass on CUDA.
+    """
     if not 0 < subset <= 1:
         raise ValueError(f"subset must be in (0, 1], got {subset}")
     total_epochs = config.epochs if epochs is None else epochs
     if total_epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {total_epochs}")
     start = time.perf_counter()
-    device = _model_device(model)
+    target = _model_device(model) if device is None else _as_device(device)
+    model.to(target)
     keep = _subset_indices(dataset.train_y, subset, config.seed)
-    x = torch.as_tensor(np.ascontiguousarray(dataset.train_x[keep])).to(device)
-    y = torch.as_tensor(np.ascontiguousarray(dataset.train_y[keep])).to(device)
     was_training = model.training
     # Shuffling and augmentation use a local generator. The global RNG is left alone on purpose:
     # training tasks share it across threads, so seeding it here would race with model init.
-    done, train_loss = _fit(model, x, y, config, total_epochs, extra_loss, progress)
+    done, train_loss = _fit(model, dataset, keep, config, total_epochs, extra_loss, progress, amp_dtype(target, amp))
     model.train(was_training)
     val_accuracy, val_loss = evaluate(model, dataset)
     return TrainResult(val_accuracy, val_loss, train_loss, done, time.perf_counter() - start)
 
 
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 512, split: str = "val") -> tuple[float, float]:
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256, split: str = "val") -> tuple[float, float]:
     """(accuracy, mean cross-entropy) on the validation (or test) split; the model's mode is restored."""
     device = _model_device(model)
-    images, labels = dataset.split(split)
-    x = torch.as_tensor(np.ascontiguousarray(images))
-    y = torch.as_tensor(np.ascontiguousarray(labels))
+    labels = dataset.labels_of(split)
     was_training = model.training
     model.eval()
     correct, loss_sum = 0, 0.0
     try:
         with torch.no_grad():
-            for i in range(0, len(y), batch_size):
-                logits = model(x[i : i + batch_size].to(device))
-                target = y[i : i + batch_size].to(device)
+            for i in range(0, len(labels), batch_size):
+                part = slice(i, i + batch_size)
+                logits = model(to_device(dataset.batch(split, part), device))
+                target = to_device(labels[part], device)
                 loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
                 correct += int((logits.argmax(1) == target).sum())
     finally:
         model.train(was_training)
-    n = max(len(y), 1)
+    n = max(len(labels), 1)
     return correct / n, loss_sum / n
 
 
-def _fit(model, x, y, config: TrainConfig, epochs: int, extra_loss, progress) -> tuple[int, float]:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch as a tensor on `device`: through pinned memory with a non-blocking copy on CUDA."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights as CPU tensors, so a checkpoint loads on every device."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def _fit(model, dataset: Dataset, keep: np.ndarray, config: TrainConfig, epochs: int, extra_loss, progress, dtype):
     """The training loop proper; returns (epochs completed, last epoch's mean loss)."""
+    device = _model_device(model)
     gen = torch.Generator().manual_seed(config.seed)
-    n = len(y)
+    labels = dataset.train_y
+    n = len(keep)
     # Drop the ragged last batch: a batch of one breaks BatchNorm; samples reshuffle every epoch.
     batch = min(config.batch_size, n)
     steps_per_epoch = n // batch
     total_steps = steps_per_epoch * epochs
     optimizer = _optimizer(model, config)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     model.train()
     step, epoch_loss = 0, float("nan")
     for epoch in range(epochs):
-        order = torch.randperm(n, generator=gen).to(x.device)
+        order = torch.randperm(n, generator=gen).numpy()
         losses = []
         for b in range(steps_per_epoch):
-            idx = order[b * batch : (b + 1) * batch]
-            xb = _augment(x[idx], gen) if config.augment else x[idx]
+            # Rows are gathered and normalised per batch: the split itself stays compact on the host.
+            positions = keep[order[b * batch : (b + 1) * batch]]
+            xb = to_device(dataset.batch("train", positions), device)
+            yb = to_device(labels[positions], device)
+            if config.augment:
+                xb = _augment(xb, gen)
             _set_lr(optimizer, _lr_at(config, step, total_steps))
-            losses.append(_step(model, optimizer, xb, y[idx], config, extra_loss))
+            losses.append(_step(model, optimizer, xb, yb, config, extra_loss, dtype, scaler))
             step += 1
-        epoch_loss = float(np.mean(losses))
+        # One device sync per epoch, not per step, so the GPU is not left idle waiting for Python.
+        epoch_loss = float(torch.stack(losses).double().mean())
         if progress is not None:
             progress(epoch + 1, epochs, epoch_loss)
         if not math.isfinite(epoch_loss):
@@ -106,13 +132,20 @@ def _fit(model, x, y, config: TrainConfig, epochs: int, extra_loss, progress) ->
     return epochs, epoch_loss
 
 
-def _step(model, optimizer, xb, yb, config: TrainConfig, extra_loss) -> float:
+def _step(model, optimizer, xb, yb, config: TrainConfig, extra_loss, dtype, scaler) -> torch.Tensor:
+    """One optimiser step; returns the batch's data loss, detached (still on the device)."""
     optimizer.zero_grad(set_to_none=True)
-    data_loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
-    loss = data_loss + extra_loss(model) if extra_loss is not None else data_loss
-    loss.backward()
-    optimizer.step()
-    return data_loss.item()
+    with torch.autocast(xb.device.type, dtype=dtype, enabled=dtype is not None):
+        data_loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
+        loss = data_loss + extra_loss(model) if extra_loss is not None else data_loss
+    if scaler is not None:  # fp16 gradients underflow without loss scaling; bf16 needs none
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return data_loss.detach().float()
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -165,6 +198,10 @@ def _subset_indices(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
         idx = np.flatnonzero(labels == c)
         picked.append(rng.permutation(idx)[: max(1, round(len(idx) * share))])
     return np.sort(np.concatenate(picked))
+
+
+def _as_device(device: str | torch.device) -> torch.device:
+    return device if isinstance(device, torch.device) else resolve_device(device)
 
 
 def _model_device(model: nn.Module) -> torch.device:

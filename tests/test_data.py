@@ -1,9 +1,11 @@
-"""Tests for nasflow.data: digits, ImageFolder directories/archives, subsets, splits, cache, errors."""
+"""Tests for nasflow.data: digits, ImageFolder directories/archives, subsets, splits, cache, compact
+pixels, channel detection, unreadable files and errors."""
 
 from __future__ import annotations
 
 import io
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +38,24 @@ def _png(value: int, size: int = 10) -> bytes:
     return buf.getvalue()
 
 
-def _tree_files(prefix: str = "") -> dict[str, bytes]:
+def _grey_png(value: int, size: int = 10) -> bytes:
+    arr = np.full((size, size), value, dtype=np.uint8)
+    arr[0, 0] = 255 - value
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode="L").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(seed: int, size: int = 10) -> bytes:
+    noise = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _tree_files(prefix: str = "", image=_png) -> dict[str, bytes]:
     return {
-        f"{prefix}{cls}/{i:02d}.png": _png(40 * c + 5 * i)
+        f"{prefix}{cls}/{i:02d}.png": image(40 * c + 5 * i)
         for c, cls in enumerate(CLASSES)
         for i in range(PER_CLASS)
     }
@@ -153,7 +170,7 @@ def test_cache_hit_skips_decoding(tmp_path, decode_counter):
     cfg = _cfg(root, tmp_path, subset=12, seed=1)
     first = load_dataset(cfg)
     assert len(decode_counter) == 12
-    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 1 and len(list((tmp_path / "cache").glob("*.json"))) == 1
     clear_dataset_memo()
     second = load_dataset(cfg)
     assert len(decode_counter) == 12  # nothing decoded the second time
@@ -197,8 +214,134 @@ def test_corrupt_image_named(tmp_path):
     files = _tree_files()
     files["dog/03.png"] = b"\x89PNG\r\n\x1a\n this is not really a png"
     archive = _write_tar(tmp_path / "pets.tar.gz", files)
-    with pytest.raises(DatasetError, match="cannot decode image 'dog/03.png'"):
+    with pytest.raises(DatasetError, match="1 image in .* cannot be read: 'dog/03.png' \\(not a recognised image format\\)"):
         load_dataset(_cfg(archive, tmp_path))
+
+
+def _with_bad_files(files: dict[str, bytes]) -> dict[str, bytes]:
+    """Three unreadable images of three kinds: not an image, a truncated JPEG, an empty file."""
+    files = dict(files)
+    files["cat/02.png"] = b"not an image at all"
+    files["dog/04.jpg"] = _jpeg(90)[:-20]  # cut before its last scan lines
+    files["fox/05.png"] = b""
+    return files
+
+
+def test_every_unreadable_image_is_named_in_one_message(tmp_path, decode_counter):
+    root = _write_tree(tmp_path / "pets", _with_bad_files(_tree_files()))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(_cfg(root, tmp_path))
+    message = str(info.value)
+    assert message.startswith(f"3 images in '{root}' cannot be read: ")
+    for name in ("'cat/02.png' (not a recognised image format)", "'dog/04.jpg' (", "'fox/05.png' ("):
+        assert name in message
+    assert "truncated" in message and "dataset.skip_bad_files: true" in message
+    assert len(decode_counter) == 19  # the whole folder was read: nothing stopped at the first bad file
+
+
+def test_many_unreadable_images_are_counted_beyond_the_first_ten(tmp_path):
+    files = _tree_files() | {f"cat/bad{i:02d}.png": b"junk" for i in range(15)}
+    root = _write_tree(tmp_path / "pets", files)
+    with pytest.raises(DatasetError, match=r"^15 images .*'cat/bad09.png' \(not a recognised image format\) and 5 more; fix"):
+        load_dataset(_cfg(root, tmp_path))
+
+
+def test_skip_bad_files_leaves_them_out_and_counts_them(tmp_path):
+    root = _write_tree(tmp_path / "pets", _with_bad_files(_tree_files()))
+    with pytest.warns(UserWarning, match="left out 3 unreadable images .*'cat/02.png', 'dog/04.jpg', 'fox/05.png'"):
+        ds = load_dataset(_cfg(root, tmp_path, skip_bad_files=True))
+    assert ds.skipped_files == ("cat/02.png", "dog/04.jpg", "fox/05.png")
+    assert sum(ds.size(s) for s in ("train", "val", "test")) == 18 + 1 - 3  # 19 files, 3 unreadable
+    assert any("left out 3 unreadable images" in line for line in ds.summary())
+    # The cache remembers the bad files: without the option the same folder is still refused ...
+    clear_dataset_memo()
+    with pytest.raises(DatasetError, match="3 images .* cannot be read"):
+        load_dataset(_cfg(root, tmp_path))
+    # ... until they are fixed: editing a file inside a class folder invalidates the cache.
+    (root / "cat" / "02.png").write_bytes(_png(7))
+    (root / "dog" / "04.jpg").unlink()
+    (root / "fox" / "05.png").write_bytes(_png(9))
+    clear_dataset_memo()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fixed = load_dataset(_cfg(root, tmp_path))
+    assert fixed.skipped_files == () and sum(fixed.size(s) for s in ("train", "val", "test")) == 18
+
+
+def test_a_class_whose_images_are_all_unreadable_is_refused(tmp_path):
+    files = {k: (b"junk" if k.startswith("fox/") else v) for k, v in _tree_files().items()}
+    root = _write_tree(tmp_path / "pets", files)
+    with pytest.raises(DatasetError, match="no readable images for class 'fox'"), pytest.warns(UserWarning):
+        load_dataset(_cfg(root, tmp_path, skip_bad_files=True))
+
+
+def test_one_class_is_refused(tmp_path):
+    root = _write_tree(tmp_path / "solo", {k: v for k, v in _tree_files().items() if k.startswith("cat/")})
+    with pytest.raises(DatasetError, match="only the class 'cat'; classification needs at least two class folders"):
+        load_dataset(_cfg(root, tmp_path))
+
+
+# ---------------------------------------------------------------- compact pixels and channels
+
+
+def test_pixels_stay_uint8_and_batches_are_normalised_on_demand(tmp_path):
+    root = _write_tree(tmp_path / "pets", _tree_files())
+    ds = load_dataset(_cfg(root, tmp_path))
+    pixels = ds.pixels["train"]
+    assert pixels.dtype == np.uint8 and pixels.shape == (18, 3, 10, 10)
+    assert ds.pixels["val"] is pixels and ds.pixels["test"] is pixels  # splits are indices, not copies
+    assert ds.nbytes == 18 * 3 * 10 * 10
+    assert sorted(np.concatenate([ds.rows[s] for s in ("train", "val", "test")]).tolist()) == list(range(18))
+    picked = np.array([3, 0, 2])
+    batch = ds.batch("train", picked)
+    assert batch.dtype == np.float32 and batch.shape == (3, 3, 10, 10)
+    expected = (pixels[ds.rows["train"][picked]] / np.float32(255) - np.array(ds.mean, np.float32)[None, :, None, None])
+    assert np.allclose(batch, expected / np.array(ds.std, np.float32)[None, :, None, None], atol=1e-6)
+    assert np.array_equal(ds.batch("val", slice(0, 2)), ds.val_x[:2])
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        ds.batch("dev")
+
+
+def test_cached_pixels_are_memory_mapped(tmp_path):
+    archive = _write_tar(tmp_path / "pets.tar.gz", _tree_files())
+    first = load_dataset(_cfg(archive, tmp_path))
+    clear_dataset_memo()
+    second = load_dataset(_cfg(archive, tmp_path))
+    assert isinstance(second.pixels["train"], np.memmap) and not second.pixels["train"].flags.writeable
+    assert np.array_equal(first.train_x, second.train_x) and first.mean == second.mean
+
+
+def test_grayscale_folder_stays_single_channel(tmp_path):
+    root = _write_tree(tmp_path / "grey", _tree_files(image=_grey_png))
+    ds = load_dataset(_cfg(root, tmp_path))
+    assert ds.in_channels == 1 and ds.input_shape == (1, 1, 10, 10) and len(ds.mean) == 1
+    rgb = load_dataset(_cfg(root, tmp_path, channels=3))
+    assert rgb.in_channels == 3 and np.array_equal(rgb.pixels["train"][:, 0], rgb.pixels["train"][:, 2])
+
+
+def test_any_colour_image_makes_the_folder_colour(tmp_path):
+    files = _tree_files(image=_grey_png)
+    files["fox/05.png"] = _png(200)  # the last file read is the only colour one
+    root = _write_tree(tmp_path / "mixed", files)
+    ds = load_dataset(_cfg(root, tmp_path))
+    assert ds.in_channels == 3
+    grey_row = ds.pixels["train"][0]  # cat/00.png, grey: replicated into every channel
+    assert np.array_equal(grey_row[0], grey_row[1]) and np.array_equal(grey_row[1], grey_row[2])
+    forced = load_dataset(_cfg(root, tmp_path, channels=1))
+    assert forced.in_channels == 1
+
+
+def test_grey_test_folder_joins_a_colour_training_folder(tmp_path):
+    files = _tree_files("train/") | _tree_files("test/", image=_grey_png)
+    root = _write_tree(tmp_path / "pets", files)
+    ds = load_dataset(_cfg(root, tmp_path, split="train", test="test"))
+    assert ds.pixels["test"].shape[1:] == (3, 10, 10) and ds.test_x.shape[1:] == (3, 10, 10)
+
+
+def test_digits_can_be_given_three_channels():
+    ds = load_dataset(DatasetConfig(channels=3, subset=200))
+    assert ds.input_shape == (1, 3, 8, 8) and ds.pixels["train"].dtype == np.float32
+    assert np.array_equal(ds.pixels["train"][:, 0], ds.pixels["train"][:, 1])
 
 
 def test_mixed_sizes_need_image_size(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from nasflow.flows.pipeline import run_spec
 from nasflow.registry import Registry
 from nasflow.spec import load_spec
+from nasflow.train_device import resolve_device
 
 from conftest import tiny_spec_text
 
@@ -91,6 +92,7 @@ def test_stages_can_be_switched_off(tmp_path):
     registry = Registry(tmp_path / "registry.duckdb")
     assert set(stage_counts(registry, summary.run_id)) == {"search"}
     assert registry.get_artifacts(summary.run_id) == []
+    assert registry.get_run(summary.run_id)["train_device"] == str(resolve_device("auto"))  # execution.device default
 
 
 def test_dask_cluster_gives_the_same_rows_as_threads(tmp_path):

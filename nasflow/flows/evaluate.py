@@ -20,6 +20,7 @@ from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
 from ..progress import ProgressChannel, reporter
 from ..space import Arch, arch_hash, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
+from ..train_device import resolve_device
 
 
 def threads_per_task(workers: int) -> int:
@@ -69,14 +70,17 @@ def train_one(
     checkpoint: str | None = None,
     test: bool = False,
     progress: ProgressChannel | None = None,
+    device: str = "auto",
+    amp: bool = False,
 ) -> dict[str, Any]:
-    """Train one architecture (proxy or full) and return its validation metrics (and test accuracy
-    with `test`: proxies never look at the test split); never raises.
+    """Train one architecture (proxy or full) on `device` (an `execution.device` value, resolved
+    here, in the worker) and return its validation metrics (and test accuracy with `test`:
+    proxies never look at the test split); the checkpoint holds CPU tensors; never raises.
 
     With `progress`, each finished epoch advances that stage; `epochs_reported` in the result
     says how many advances reached it (0 in another process: the stage catches up on the result).
     """
-    from ..train import evaluate, train_model
+    from ..train import cpu_state_dict, evaluate, train_model
 
     start = time.perf_counter()
     reported = 0
@@ -88,12 +92,15 @@ def train_one(
 
     try:
         data = load_dataset(dataset_cfg)
+        target = resolve_device(device)
         model = model_for(parse_arch(arch), dataset_cfg, train_cfg.seed)
-        result = train_model(model, data, train_cfg, epochs=epochs, subset=subset, progress=on_epoch)
+        result = train_model(
+            model, data, train_cfg, epochs=epochs, subset=subset, progress=on_epoch, device=target, amp=amp
+        )
         test_accuracy = evaluate(model, data, split="test")[0] if test else None
         if checkpoint:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
-            torch.save(model.state_dict(), checkpoint)
+            torch.save(cpu_state_dict(model), checkpoint)
     except Exception as exc:  # one bad candidate must not stop the search
         return {"arch": arch, "error": describe_error(exc), "train_seconds": time.perf_counter() - start,
                 "epochs_reported": reported}
@@ -106,6 +113,7 @@ def train_one(
         "val_loss": result.val_loss,
         "train_epochs": result.epochs,
         "train_seconds": result.seconds,
+        "train_device": str(target),
     }
 
 
@@ -120,11 +128,16 @@ def train_candidates(
     checkpoints: list[str | None] | None = None,
     test: bool = False,
     progress: ProgressChannel | None = None,
+    device: str = "auto",
+    amp: bool = False,
 ) -> list[dict[str, Any]]:
     """Train a chunk of architectures one after another on one worker; results in input order."""
     torch.set_num_threads(threads)
     checkpoints = checkpoints or [None] * len(archs)
-    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test, progress) for a, c in zip(archs, checkpoints)]
+    return [
+        train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test, progress, device, amp)
+        for a, c in zip(archs, checkpoints)
+    ]
 
 
 def train_in_parallel(
@@ -137,12 +150,16 @@ def train_in_parallel(
     checkpoints: list[str | None] | None = None,
     test: bool = False,
     progress: ProgressChannel | None = None,
+    device: str = "auto",
+    amp: bool = False,
 ) -> list[dict[str, Any]]:
     """Fan `archs` out over the flow's task runner as one task per worker, not per candidate.
 
     A Prefect task run costs milliseconds of orchestration (API calls, state changes); chunking
     keeps that per-batch, so cheap candidates are not dominated by it. Results keep input order.
     `progress` is advanced once per finished epoch (see `train_one`).
+    `device` travels as the spec's string: each worker resolves it (a process or Dask worker
+    may see other GPUs than the flow's process).
     """
     if not archs:
         return []
@@ -158,6 +175,8 @@ def train_in_parallel(
         [[checkpoints[i] for i in chunk] for chunk in chunks],
         unmapped(test),
         unmapped(progress),
+        unmapped(device),
+        unmapped(amp),
     )
     results: list[dict[str, Any]] = [{}] * len(archs)
     for chunk, future in zip(chunks, futures):

@@ -15,7 +15,8 @@ from ..plugin_api import CompressContext
 from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import arch_hash, format_arch, parse_arch
-from ..train import evaluate
+from ..train import cpu_state_dict, evaluate
+from ..train_device import resolve_device
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, measure_everywhere
 from .records import candidate_id, checkpoint_path, measurement_rows
@@ -41,6 +42,8 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
                 train_config=spec.train.config,
                 input_shape=data.input_shape,
                 progress=lambda step, done, total: rep.message(f"{parent['arch_hash'][:8]} {step} {done}/{total}"),
+                device=str(resolve_device(spec.execution.device)),
+                amp=spec.execution.amp,
             )
         )
     except Exception as exc:  # a failed compression is recorded, the run goes on
@@ -49,7 +52,7 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
     cand_id = candidate_id(ctx.run_id, STAGE, arch_hash(child), parent["candidate_id"])
     ckpt = checkpoint_path(spec.execution.work_dir, ctx.run_id, cand_id)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(result.model.state_dict(), ckpt)
+    torch.save(cpu_state_dict(result.model), ckpt)
     return {
         "error": None, "arch": child, "candidate_id": cand_id, "checkpoint": str(ckpt),
         "accuracy": result.val_accuracy, "val_loss": result.val_loss, "stats": result.stats,

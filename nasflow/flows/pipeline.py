@@ -18,6 +18,7 @@ from ..reaper import start_watchdog
 from ..registry import Registry
 from ..space import LayerwiseSpace
 from ..spec import LoadedSpec
+from ..train_device import resolve_device
 from .context import RunContext
 from .deploy import deploy_stage
 from .evaluate import make_devices, model_for, threads_per_task
@@ -120,7 +121,8 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
     registry.verify_readable()  # and a damaged one, before the first write rather than at it
     server = _start_run_helpers()
     resumed = registry.start_run(
-        ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
+        ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__,
+        train_device=str(resolve_device(spec.execution.device)),
     )
     try:
         with _quiet_interrupt_crashes():

@@ -84,6 +84,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
             trained = train_in_parallel(
                 [format_arch(a) for a in todo], spec.dataset, spec.train.config,
                 spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
+                device=spec.execution.device, amp=spec.execution.amp,
             )
             rows, mrows = [], []
             genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}

@@ -68,6 +68,7 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
         results = train_in_parallel(
             [j["arch"] for j in todo], spec.dataset, spec.train.config, epochs, 1.0,
             spec.execution.workers, [j["checkpoint"] for j in todo], test=True, progress=channel,
+            device=spec.execution.device, amp=spec.execution.amp,
         )
     devices = make_devices(spec.devices)
     rows, mrows = [], []

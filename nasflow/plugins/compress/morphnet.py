@@ -369,6 +369,8 @@ def _train(model: nn.Module, ctx: CompressContext, epochs: int, step: str, extra
         epochs=epochs,
         extra_loss=extra_loss,
         progress=lambda done, total, _loss: _report(ctx, step, done, total),
+        device=ctx.device,
+        amp=ctx.amp,
     )
     if not math.isfinite(result.train_loss):
         raise PluginError(f"morphnet: training diverged during {step} (loss {result.train_loss}); lower lr or strength")
