@@ -34,8 +34,8 @@ Methodology (the README summarises this):
    at least one); fewer than six kept samples cannot give a 95 % interval, and the achieved
    ``rel_ci`` is then reported as infinity.
 6. **Passes.** A slow phase can outlast a whole measurement (on the 2-core VM a model's median
-   moved by up to 1.9x between measurements seconds apart while other processes ran, and each
-   measurement's own interval said +-0.1 to 3 %): the calls of one measurement share the phase,
+   moved by up to 1.75x between measurements seconds apart while other processes ran, while
+   each measurement's own interval said +-0.1 to 3 %): the calls of one measurement share the phase,
    so no rule inside it can see that. ``passes`` says how many separate measurements a candidate
    gets; ``nasflow.flows.evaluate`` interleaves them with the other devices' and keeps the
    fastest median, as the LUT does with ``profile.passes``. This module times one pass.

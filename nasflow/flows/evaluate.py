@@ -160,7 +160,7 @@ def timing_passes(device: DeviceBackend) -> int:
     return int(getattr(device.options, "passes", 1))
 
 
-def fastest_of_passes(
+def fastest_on_each_device(
     devices: dict[str, DeviceBackend], measure: Callable[[str, DeviceBackend], Measurement | None]
 ) -> tuple[list[Measurement], str | None]:
     """Measure on every device `passes` times, round-robin over the devices; per device the fastest.
@@ -206,7 +206,7 @@ def measure_everywhere(
 
     Returns the measurements taken and the first failure (device name and reason), if any.
     """
-    return fastest_of_passes(devices, lambda name, device: device.measure_model(model, input_shape))
+    return fastest_on_each_device(devices, lambda name, device: device.measure_model(model, input_shape))
 
 
 def measure_artifact_everywhere(
@@ -217,7 +217,7 @@ def measure_artifact_everywhere(
     Raises a DeviceError naming the device when one fails.
     """
     runs = {name: device for name, device in devices.items() if fmt in device.artifact_formats}
-    measured, error = fastest_of_passes(runs, lambda name, device: device.measure_artifact(path, fmt, input_shape))
+    measured, error = fastest_on_each_device(runs, lambda name, device: device.measure_artifact(path, fmt, input_shape))
     if error:
         raise DeviceError(error)
     return measured
