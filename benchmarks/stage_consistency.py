@@ -8,9 +8,9 @@
    timed on every spec device, and every verified deployed artifact on every spec device that
    runs its format, by the stages' own rules (each device's ``passes``, fastest kept);
    ``--repeats`` times, interleaved over all models, the fastest kept: the reference each
-   stage's number is held against. The spread between the repeats is reported as well. ``--passes N`` sets every device's
-   ``passes`` option for the run and the re-measurement (``--passes 1``: one measurement each,
-   as before nasflow measured in passes).
+   stage's number is held against. The spread between the repeats is reported as well.
+   ``--passes N`` sets every device's ``passes`` option for the run and the re-measurement
+   (``--passes 1``: one measurement each, as before nasflow measured in passes).
 3. **Compare.** Per device and architecture, every pair of numbers for the same model is
    compared: ``search`` (fresh weights, during the search), ``train``, ``morph`` (the live model
    in its stage), ``artifact`` (the deployed file, in the deploy stage), ``end`` and
@@ -18,9 +18,10 @@
    the two measurements' own 95 % intervals (the registry's ``rel_ci``, summed), whichever is
    wider.
 
-The machine is shared on purpose-built CI and development VMs, so the report also says how loaded
-it was: load averages before and after, and the CPU time other processes used while the run and
-the re-measurement went on (all CPU time of the machine minus this benchmark's own process tree).
+Development and CI machines are often shared, so the report also says how loaded the machine was:
+load averages before and after, the CPU time other processes used while the run and the
+re-measurement went on (all CPU time of the machine minus this benchmark's own process tree), and
+steal time (the hypervisor running other guests on our virtual CPUs).
 
 Run from the repository root::
 

@@ -161,15 +161,15 @@ def timing_passes(device: DeviceBackend) -> int:
 
 
 def fastest_on_each_device(
-    devices: dict[str, DeviceBackend], measure: Callable[[str, DeviceBackend], Measurement | None]
+    devices: dict[str, DeviceBackend], measure: Callable[[DeviceBackend], Measurement]
 ) -> tuple[list[Measurement], str | None]:
     """Measure on every device `passes` times, round-robin over the devices; per device the fastest.
 
     A slow phase of a shared machine can last longer than one measurement; measurements spread
     over time and interleaved with the other devices' fall in different phases, and the fastest
     median is the uncontended one (the rule the LUT follows with `profile.passes`). The kept
-    measurement lists every pass's median in `extra["passes_ms"]`. `measure` returns None for a
-    device that does not apply. Stops at the first failure (device name and reason).
+    measurement lists every pass's median in `extra["passes_ms"]`. Stops at the first failure and
+    returns it (device name and reason) with the measurements taken so far.
     """
     passes = {name: timing_passes(device) for name, device in devices.items()}
     medians: dict[str, list[float]] = {}
@@ -180,12 +180,10 @@ def fastest_on_each_device(
             if index >= passes[name]:
                 continue
             try:
-                m = measure(name, device)
+                m = measure(device)
             except Exception as exc:
                 error = f"{name}: {describe_error(exc)}"
                 break
-            if m is None:
-                continue
             medians.setdefault(name, []).append(m.stats.median_ms)
             if name not in best or m.stats.median_ms < best[name].stats.median_ms:
                 best[name] = m
@@ -206,7 +204,7 @@ def measure_everywhere(
 
     Returns the measurements taken and the first failure (device name and reason), if any.
     """
-    return fastest_on_each_device(devices, lambda name, device: device.measure_model(model, input_shape))
+    return fastest_on_each_device(devices, lambda device: device.measure_model(model, input_shape))
 
 
 def measure_artifact_everywhere(
@@ -217,7 +215,7 @@ def measure_artifact_everywhere(
     Raises a DeviceError naming the device when one fails.
     """
     runs = {name: device for name, device in devices.items() if fmt in device.artifact_formats}
-    measured, error = fastest_on_each_device(runs, lambda name, device: device.measure_artifact(path, fmt, input_shape))
+    measured, error = fastest_on_each_device(runs, lambda device: device.measure_artifact(path, fmt, input_shape))
     if error:
         raise DeviceError(error)
     return measured
