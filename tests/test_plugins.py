@@ -36,7 +36,7 @@ def site(tmp_path):
 
 
 def nasflow_cli(site: Path, *args: str, **env_extra: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(site), **env_extra}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)]), **env_extra}  # this checkout's nasflow
     if "NASFLOW_DISABLE_PLUGIN_AUTOLOAD" not in env_extra:
         env.pop("NASFLOW_DISABLE_PLUGIN_AUTOLOAD", None)
     return subprocess.run([sys.executable, "-m", "nasflow.cli", *args], capture_output=True, text=True, env=env, timeout=120)
@@ -61,6 +61,54 @@ def test_third_party_device_usable_in_a_spec(site, tmp_path):
     spec.write_text("name: t\ndevices:\n  - name: torchscript-cpu\n    options: {threads: 0}\n")
     bad = nasflow_cli(site, "validate", str(spec))
     assert bad.returncode == 2 and "threads" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["validate", "plugins"])
+def test_a_broken_plugin_is_named_once(site, tmp_path, command):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("name: t\ndevices:\n  - name: torchscript-cpu\n")
+    result = nasflow_cli(site, *([command, str(spec)] if command == "validate" else [command]))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "broken" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: nasflow plugin 'broken'"), result.stderr
+
+
+def test_a_warning_raised_twice_is_shown_once(site):
+    """Discovery run again (reset_plugins) warns from the same place again; the CLI shows it once."""
+    code = (
+        "import sys, warnings\n"
+        "from nasflow import cli\n"
+        "from nasflow.plugins import get_plugins, reset_plugins\n"
+        "warnings.showwarning = cli._show_warning\n"
+        "get_plugins(); reset_plugins(); warnings.resetwarnings(); get_plugins()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+    env.pop("NASFLOW_DISABLE_PLUGIN_AUTOLOAD", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("failed to load and was skipped") == 1, result.stderr
+
+
+def test_the_example_plugin_loads_without_importing_torch(site):
+    """As the guide says: heavy runtimes are imported where they are used, so listing plugins stays fast."""
+    code = "import sys\nfrom nasflow.plugins import get_plugins\nget_plugins().get('device', 'torchscript-cpu')\nprint('torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+    env.pop("NASFLOW_DISABLE_PLUGIN_AUTOLOAD", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_plugin_guide_prose_and_example_use_the_same_helpers():
+    readme = (ROOT / "README.md").read_text()
+    guide = readme[readme.index("## Writing a plugin"):readme.index("```python", readme.index("## Writing a plugin"))]
+    example = EXAMPLE_PLUGIN.read_text()
+    for helper in ("measure_with", "TimingOptions", "make_measurement"):
+        assert helper in guide, f"the guide's prose does not mention {helper}"
+        assert helper in example, f"the guide recommends {helper} but its example does not use it"
+    for bypass in ("measure_callable", "Measurement("):
+        assert bypass not in example, f"the example uses {bypass}, which the guide's prose does not recommend"
+    assert "import torch\n" not in example.split("class ")[0], "the example imports torch at module level"
 
 
 def test_autoload_can_be_disabled(site):

@@ -10,7 +10,7 @@ from prefect import flow
 
 from ..data import load_dataset
 from ..objectives import score
-from ..progress import reporter
+from ..progress import progress_channel, reporter
 from ..space import arch_hash, build_model, format_arch, parse_arch
 from .context import RunContext
 from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, train_in_parallel
@@ -61,12 +61,14 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     jobs = _jobs(ctx)
     done = {r["candidate_id"] for r in registry.get_candidates(ctx.run_id, stage=STAGE)}
     todo = [j for j in jobs if not (j["candidate_id"] in done and Path(j["checkpoint"]).exists())]
-    rep.stage_start(STAGE, len(jobs), f"{len(jobs)} candidates x {spec.train.config.epochs} epochs")
-    rep.advance(STAGE, len(jobs) - len(todo), "reused from the registry" if len(todo) < len(jobs) else "")
-    results = train_in_parallel(
-        [j["arch"] for j in todo], spec.dataset, spec.train.config, spec.train.config.epochs, 1.0,
-        spec.execution.workers, [j["checkpoint"] for j in todo], test=True,
-    )
+    epochs = spec.train.config.epochs  # the bar counts epochs: workers advance it as each one ends
+    rep.stage_start(STAGE, len(jobs) * epochs, f"{len(jobs)} candidates x {epochs} epochs")
+    rep.advance(STAGE, (len(jobs) - len(todo)) * epochs, "reused from the registry" if len(todo) < len(jobs) else "")
+    with progress_channel(STAGE) as channel:
+        results = train_in_parallel(
+            [j["arch"] for j in todo], spec.dataset, spec.train.config, epochs, 1.0,
+            spec.execution.workers, [j["checkpoint"] for j in todo], test=True, progress=channel,
+        )
     devices = make_devices(spec.devices)
     rows, mrows = [], []
     for job, result in zip(todo, results):
@@ -91,7 +93,9 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
             )
         rows.append(row)
         mrows += measurement_rows(job["candidate_id"], ctx.run_id, measured)
-        rep.advance(STAGE, 1, f"acc {row.get('accuracy', 0):.3f}" if row["status"] == "ok" else f"failed: {error}")
+        # Epochs no worker could report (another process, or a failure part-way) count now.
+        unreported = max(0, epochs - result.get("epochs_reported", 0))
+        rep.advance(STAGE, unreported, f"acc {row.get('accuracy', 0):.3f}" if row["status"] == "ok" else f"failed: {error}")
     registry.add_evaluated(rows, mrows)
     rep.stage_end(STAGE, f"{len(todo)} trained, {len(jobs) - len(todo)} reused")
     return {"trained": len(todo), "reused": len(jobs) - len(todo)}
