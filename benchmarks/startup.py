@@ -26,6 +26,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from benchmarks.machine import machine_info  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import tables  # noqa: E402  (benchmarks/tables.py: the README rendering)
+
 TARGET_S = 1.5
 HEAVY = ("torch", "prefect", "onnx", "onnxruntime", "duckdb", "pyarrow", "numpy")
 # Runs the CLI in-process, then reports which heavy top-level packages it pulled in.
@@ -96,11 +99,32 @@ def time_command(args: list[str], runs: int) -> dict[str, object]:
     }
 
 
+def markdown(report: dict) -> str:
+    """The README's start-up table, from a report of this script."""
+    runs = report["settings"]["runs"]
+    rows = [
+        [f"`nasflow {name}`", tables.number(c["median_s"], 2), f"{c['min_s']:.2f}-{c['max_s']:.2f}",
+         ", ".join(c["heavy_modules_imported"] or []) or "-"]
+        for name, c in report["commands"].items()
+    ]
+    refs = report["reference_median_s"]
+    rows.append(["reference: `import torch` / `import prefect`",
+                 f"{refs['import torch']:.2f} / {refs['import prefect']:.2f}", "", ""])
+    note = tables.paragraph(
+        f"Medians of {runs} fresh processes each; target: median under {report['target_median_s_max']:g} s"
+        f" ({'met' if all(report['meets_target'].values()) else 'missed'} by every command)."
+    )
+    return tables.blocks(tables.table(["command", "median (s)", "range (s)", "heavy packages it imports"], rows), note)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "startup.json")
+    tables.add_markdown_option(parser)
     args = parser.parse_args()
+    if args.markdown:
+        raise SystemExit(tables.print_markdown("startup", markdown, args.out))
     # Side-by-side references: what a command would cost if it still imported torch or Prefect.
     references = {label: _time_python(code, args.runs) for label, code in REFERENCES.items()}
     with tempfile.TemporaryDirectory() as tmp:
