@@ -49,6 +49,7 @@ from typing import Any
 
 import yaml
 
+import tables  # benchmarks/tables.py: the README rendering
 from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -274,29 +275,24 @@ def noise_floor(end: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, fl
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The README table: one row per device and kind of pair."""
-    lines = [
-        "| device | pair | models | median ratio | range | agree (within max(10 %, own 95 % CI)) |",
-        "|---|---|---|---|---|---|",
-    ]
+    """The README block: one row per device and kind of pair, then the machine's load."""
     order = {f"{a} / {b}": i for i, (a, b) in enumerate(combinations(LABELS, 2))}
-    for device, kinds in report["summary"].items():
-        for kind, s in sorted(kinds.items(), key=lambda item: order.get(item[0], len(order))):
-            lines.append(
-                f"| `{device}` | {kind} | {s['pairs']} | {s['median_ratio']:.3f} | "
-                f"{s['min_ratio']:.3f}-{s['max_ratio']:.3f} | {s['within']}/{s['pairs']} |"
-            )
-    load = report["load"]
-    run, end = load["run"], load["remeasure"]
-    lines.append("")
-    lines.append(
-        f"Ratios are second / first. Load average {run['load_average_before'][0]:.2f} before the run, "
-        f"{end['load_average_after'][0]:.2f} after the re-measurement; other processes used "
-        f"{run['other_processes_cores']:.2f} cores during the run and {end['other_processes_cores']:.2f} "
-        f"during the re-measurement. Largest spread between re-measurements of one model: "
-        + ", ".join(f"`{d}` {v:.3f}x" for d, v in report["noise_floor"].items()) + "."
+    rows = [
+        (f"`{device}`", kind, s["pairs"], f"{s['median_ratio']:.3f}", f"{s['min_ratio']:.3f}-{s['max_ratio']:.3f}", f"{s['within']}/{s['pairs']}")
+        for device, kinds in report["summary"].items()
+        for kind, s in sorted(kinds.items(), key=lambda item: order.get(item[0], len(order)))
+    ]
+    run, end = report["load"]["run"], report["load"]["remeasure"]
+    return tables.blocks(
+        tables.table(["device", "pair", "models", "median ratio", "range", "agree (within max(10 %, own 95 % CI))"], rows),
+        tables.paragraph(
+            f"Ratios are second / first. Load average {run['load_average_before'][0]:.2f} before the run,",
+            f"{end['load_average_after'][0]:.2f} after the re-measurement; other processes used",
+            f"{run['other_processes_cores']:.2f} cores during the run and {end['other_processes_cores']:.2f} during the re-measurement.",
+            "Largest spread between re-measurements of one model: "
+            + ", ".join(f"`{d}` {v:.3f}x" for d, v in report["noise_floor"].items()) + ".",
+        ),
     )
-    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -307,8 +303,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--passes", type=int, default=None, help="set every device's `passes` option (default: the spec's)")
     parser.add_argument("--work", type=Path, default=None, help="scratch directory to keep (default: a temporary one)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds the nasflow run may take")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; with --markdown, the report to render")
+    tables.add_markdown_option(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -365,8 +361,7 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.out.read_text())))
-        return 0
+        return tables.print_markdown("stage_consistency", markdown, args.out)
     if args.work is not None:
         args.work.mkdir(parents=True, exist_ok=True)
         report = bench(args, args.work.resolve())
