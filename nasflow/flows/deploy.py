@@ -12,7 +12,7 @@ from ..errors import ExportError
 from ..export import VerifyResult, export_onnx, sha256_file, verify_onnx
 from ..progress import reporter
 from .context import RunContext
-from .evaluate import describe_error, make_devices
+from .evaluate import describe_error, make_devices, measure_artifact_everywhere
 from .records import measurement_rows, stable_id
 from .train import best_candidates, load_trained
 
@@ -51,11 +51,7 @@ def _deploy(ctx: RunContext, candidate: dict, fmt: str, devices) -> tuple[dict, 
     }
     if not check.passed:  # recorded as unverified; not timed, since it is not the same model
         return artifact, []
-    measured = [
-        device.measure_artifact(str(path), fmt, data.input_shape)
-        for device in devices.values()
-        if fmt in device.artifact_formats
-    ]
+    measured = measure_artifact_everywhere(devices, str(path), fmt, data.input_shape)
     return artifact, measurement_rows(candidate["candidate_id"], ctx.run_id, measured, artifact["artifact_id"])
 
 

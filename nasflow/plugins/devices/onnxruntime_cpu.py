@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -29,6 +31,22 @@ ORT_DTYPES = {
 }
 
 
+EXPORT_CACHE_ENTRIES = 8
+EXPORT_CACHE_BYTES = 256 * 2**20
+
+
+def model_content_key(model: "torch.nn.Module", shape: tuple[int, ...]) -> str:
+    """Hash of what an ONNX export of `model` depends on: its class, structure, weights and the input shape."""
+    import torch
+
+    digest = hashlib.sha256(f"{type(model).__module__}.{type(model).__qualname__}\n{model!r}\n{shape}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 class OnnxRuntimeOptions(CPUOptions):
     """CPU timing options plus onnxruntime's graph optimisation level."""
 
@@ -53,6 +71,11 @@ class OnnxRuntimeCPU(DeviceBackend):
     artifact_formats = ("onnx",)
     MISSING = "onnxruntime is not installed: pip install onnxruntime"
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        # Exporting costs 3-10x a measurement; a model measured in several passes is exported once.
+        self._exports: OrderedDict[str, bytes] = OrderedDict()
+
     @classmethod
     def unavailable_reason(cls, options=None) -> str | None:
         try:
@@ -72,10 +95,7 @@ class OnnxRuntimeCPU(DeviceBackend):
 
     def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
         shape = batched_shape(input_shape, self.options.batch_size)
-        try:
-            data = export_onnx_bytes(model, shape)
-        except ExportError as exc:
-            raise DeviceError(f"onnxruntime-cpu: {exc}") from exc
+        data = self._exported(model, shape)
         stats = self._time(self._session(data), shape)
         return self._measurement(stats, {"input_shape": list(shape), "onnx_bytes": len(data)})
 
@@ -88,6 +108,23 @@ class OnnxRuntimeCPU(DeviceBackend):
         stats = self._time(self._session(os.fspath(path)), shape)
         extra = {"input_shape": list(shape), "artifact": str(path), "sha256": sha256_file(path)}
         return self._measurement(stats, extra)
+
+    def _exported(self, model: "torch.nn.Module", shape: tuple[int, ...]) -> bytes:
+        """ONNX bytes of `model`, reused while its structure and weights are unchanged."""
+        key = model_content_key(model, shape)
+        if key in self._exports:
+            self._exports.move_to_end(key)
+            return self._exports[key]
+        try:
+            data = export_onnx_bytes(model, shape)
+        except ExportError as exc:
+            raise DeviceError(f"onnxruntime-cpu: {exc}") from exc
+        self._exports[key] = data
+        while len(self._exports) > EXPORT_CACHE_ENTRIES or (
+            len(self._exports) > 1 and sum(map(len, self._exports.values())) > EXPORT_CACHE_BYTES
+        ):
+            self._exports.popitem(last=False)
+        return data
 
     def _session(self, source: bytes | str) -> "onnxruntime.InferenceSession":
         """Session pinned to the configured threads, sequential, CPU provider only."""
