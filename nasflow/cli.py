@@ -175,7 +175,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
     is_zoo = text.startswith(PREFIX) or "-" not in text  # a bare zoo name works too; strings have layers
     name = canonical_zoo_name(text) if is_zoo else None
     arch = resolve_arch(f"{PREFIX}{text}" if is_zoo and not text.startswith(PREFIX) else text)
-    rows = layer_table(arch, args.channels, args.classes, args.size)  # also checks the arch fits the input
+    rows = layer_table(arch, args.channels, args.classes, args.size)  # raises if a block cannot take its input
     latency = _lut_latency(arch, args) if args.device else None
     result = {
         "name": name,

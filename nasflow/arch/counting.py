@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .block import Block, BlockShape, Size, same_out
-from .grammar import STEM_KERNEL, Arch
+from .grammar import STEM_KERNEL, Arch, validate_arch
 
 
 def image_hw(image_size: int | Sequence[int]) -> Size:
@@ -109,7 +109,11 @@ def se_channels(block: Block, in_channels: int) -> int:
 
 
 def layer_table(arch: Arch, in_channels: int, num_classes: int, image_size: int | Sequence[int]) -> list[dict[str, Any]]:
-    """One row per layer (stem, blocks, head): token, output shape (c, h, w), params and MACs."""
+    """One row per layer (stem, blocks, head): token, output shape (c, h, w), params and MACs.
+
+    Raises ArchError when a block cannot take its input (see `validate_arch`).
+    """
+    validate_arch(arch, in_channels)
     stem = stem_shape(arch, in_channels, image_size)
     rows = [_row(0, "stem", arch.stem_token(), arch.stem, stem.out_size,
                  arch.stem_block.params(in_channels), arch.stem_block.macs(stem))]
