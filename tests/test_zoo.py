@@ -143,3 +143,19 @@ def test_readme_zoo_table_shows_what_nasflow_counts():
         params = f"{count_arch_params(arch, 3, 1000, batchnorm=False) / 1e6:.2f} M / {model.params_m:g} M"
         with_bn = f"{count_arch_params(arch, 3, 1000) / 1e6:.2f} M"
         assert cells[2:5] == [macs, params, with_bn], (name, cells)
+
+
+def test_a_zoo_model_named_in_train_archs_is_trained(tmp_path):
+    from nasflow.flows.pipeline import run_spec
+    from nasflow.registry import open_readonly
+    from nasflow.spec import load_spec
+
+    text = tiny_spec_text(tmp_path, name="zoo", profile=False, search=False, morph=False, deploy=False)
+    text = text.replace("train: {enabled: true, top_k: 1, config: {epochs: 2}}",
+                        "train: {enabled: true, top_k: 1, archs: ['zoo:mobilenet_v2_cifar@0.25'], config: {epochs: 1}}")
+    path = tmp_path / "zoo.yaml"
+    path.write_text(text)
+    run_spec(load_spec(path))
+    arch = zoo_arch("mobilenet_v2_cifar@0.25")
+    _, rows = open_readonly(tmp_path / "registry.duckdb").query("SELECT stage, arch, status, params FROM candidates")
+    assert rows == [("train", format_arch(arch), "ok", count_arch_params(arch, 1, 10))]
