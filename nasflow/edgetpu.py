@@ -465,7 +465,8 @@ def op_compatibility(arch: Arch, *, assume_se_mapped: bool = False) -> list[Inco
             note(position, layer.op, "cpu_fallback", entry.note, entry.source)
         elif layer.op == "depthwise" and layer.kernel >= 5:
             note(position, f"depthwise{layer.kernel}x{layer.kernel}", "slow", _LARGE_DW_NOTE, _LARGE_DW_SOURCE)
-    return found
+    # Per layer, what falls back comes before what is merely slow.
+    return sorted(found, key=lambda i: (i.position, i.severity != "cpu_fallback"))
 
 
 @dataclass(frozen=True)
