@@ -194,6 +194,107 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def cmd_arch(args: argparse.Namespace) -> int:
+    """Inspect an architecture string or zoo name: layers, shapes, params, MACs (torch is never imported)."""
+    import json
+
+    from .arch import count_arch_params, format_arch, layer_table, resolve_arch
+    from .arch.zoo import PREFIX, canonical_zoo_name
+
+    text = args.arch.strip()
+    is_zoo = text.startswith(PREFIX) or "-" not in text  # a bare zoo name works too; strings have layers
+    name = canonical_zoo_name(text) if is_zoo else None
+    arch = resolve_arch(f"{PREFIX}{text}" if is_zoo and not text.startswith(PREFIX) else text)
+    rows = layer_table(arch, args.channels, args.classes, args.size)  # raises if a block cannot take its input
+    latency = _lut_latency(arch, args) if args.device else None
+    result = {
+        "name": name,
+        "arch": format_arch(arch),
+        "input": [args.channels, args.size, args.size],
+        "classes": args.classes,
+        "params": sum(r["params"] for r in rows),
+        "params_without_bn": count_arch_params(arch, args.channels, args.classes, batchnorm=False),
+        "macs": sum(r["macs"] for r in rows),
+        "blocks": rows,
+    }
+    if latency is not None:
+        result["latency"] = {k: v for k, v in latency.items() if k != "per_layer"}
+        for row, ms in zip(rows, latency["per_layer"]):
+            row["lut_ms"] = ms
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    from .registry import format_table
+
+    headers = ["#", "layer", "fields", "output", "params", "MACs"] + (["LUT ms"] if latency else [])
+    table = [
+        (r["position"], r["kind"], " ".join(r["token"].split("_")[1:]), "x".join(map(str, r["out_shape"])),
+         r["params"], r["macs"], *([r["lut_ms"]] if latency else []))
+        for r in rows
+    ]
+    print(f"{name}: " if name else "", result["arch"], sep="")
+    print(format_table(headers, table))
+    print(
+        f"total: {result['params']:,} params ({result['params_without_bn']:,} without BatchNorm), "
+        f"{result['macs']:,} MACs for one {args.channels}x{args.size}x{args.size} input, {args.classes} classes"
+    )
+    if latency:
+        print(f"LUT-sum latency on {latency['device']}: {latency['lut_sum_ms']:.4g} ms "
+              f"(fingerprint {latency['fingerprint_hash']}, batch {latency['batch_size']}, {latency['operators']} operators)")
+    return 0
+
+
+def _lut_latency(arch, args: argparse.Namespace) -> dict:
+    """LUT-sum latency of `arch` from the registry's newest LUT of the device that covers all its operators."""
+    from .arch.operators import arch_operators
+    from .registry import open_readonly
+
+    _, rows = open_readonly(args.registry).query(
+        "SELECT fingerprint_hash, op_key, input_shape, median_ms, created_at FROM lut WHERE device = ?", [args.device]
+    )
+    if not rows:
+        raise NasflowError(f"the registry {args.registry} has no latency LUT for device {args.device!r}; "
+                           f"build one with `nasflow profile SPEC --device {args.device}`")
+    tables: dict[str, dict] = {}
+    for fp, key, shape, ms, created in rows:
+        table = tables.setdefault(fp, {"entries": {}, "created": created, "batches": set()})
+        table["entries"][(key, shape)] = ms
+        table["created"] = max(table["created"], created)
+        table["batches"].add(int(shape.split("x")[0]))
+    best_missing: list = []
+    for fp, table in sorted(tables.items(), key=lambda item: item[1]["created"], reverse=True):
+        for batch in sorted(table["batches"]):
+            ops = arch_operators(arch, args.channels, args.classes, args.size, batch)
+            missing = [op for op in ops if op.lut_key not in table["entries"]]
+            if not missing:
+                per_op = {op.lut_key: table["entries"][op.lut_key] for op in ops}
+                per_layer = _per_layer_ms(arch, ops, per_op)
+                return {"device": args.device, "fingerprint_hash": fp, "batch_size": batch, "operators": len(ops),
+                        "lut_sum_ms": sum(per_op[op.lut_key] for op in ops), "per_layer": per_layer}
+            if not best_missing or len(missing) < len(best_missing):
+                best_missing = missing
+    example = best_missing[0]
+    raise NasflowError(
+        f"no latency LUT of device {args.device!r} in {args.registry} covers this architecture at "
+        f"{args.channels}x{args.size}x{args.size}: {len(best_missing)} operator(s) missing, e.g. {example.key} "
+        f"at {example.shape} (a LUT holds the operators of the space it was profiled for)"
+    )
+
+
+def _per_layer_ms(arch, ops, per_op: dict) -> list:
+    """LUT milliseconds per layer row (stem, blocks, head); None for layers that execute nothing."""
+    by_position, index = [], 0
+    keys = [op.lut_key for op in ops]
+    layers = [True] + [block.lut_key(1) is not None for block in arch.blocks] + [True]
+    for executes in layers:
+        if executes:
+            by_position.append(per_op[keys[index]])
+            index += 1
+        else:
+            by_position.append(None)
+    return by_position
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
     parser.add_argument("--version", action="version", version=f"nasflow {__version__}")
@@ -229,6 +330,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate", type=int, metavar="N", help="also fit the calibrated predictor on N measured models")
     p.add_argument("--passes", type=int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("arch", help="show an architecture string or zoo model: layers, shapes, params, MACs")
+    p.add_argument("arch", metavar="NAME_OR_STRING", help="an architecture string, or a zoo name (mobilenet_v2@0.5, zoo:fbnet_c)")
+    p.add_argument("--size", type=_positive_int, default=224, help="input height and width (default: 224)")
+    p.add_argument("--classes", type=_positive_int, default=1000, help="classifier outputs (default: 1000)")
+    p.add_argument("--channels", type=_positive_int, default=3, help="input channels (default: 3)")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--device", help="also show the LUT-sum latency from this device's LUT in the registry")
+    p.add_argument("--registry", default=_default_registry(), help="registry holding the LUT (with --device)")
+    p.set_defaults(func=cmd_arch)
 
     p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")
     p.add_argument("run_id")

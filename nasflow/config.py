@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .strict import StrictModel
 
@@ -175,9 +175,19 @@ class TrainStageConfig(Section):
     enabled: bool = True
     top_k: int = Field(2, ge=1, description="best search candidates trained fully")
     archs: list[str] = Field(
-        default_factory=list, description="architecture strings trained as well (with search off: instead)"
+        default_factory=list,
+        description="architecture strings or zoo names (zoo:mobilenet_v2@0.5) trained as well (with search off: instead)",
     )
     config: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("archs")
+    @classmethod
+    def _archs_resolve(cls, archs: list[str]) -> list[str]:
+        from .arch import resolve_arch  # noqa: PLC0415 (torch-free; kept out of config's import time)
+
+        for text in archs:
+            resolve_arch(text)  # ArchError is a ValueError: reported at the entry's line
+        return archs
 
 
 class MorphConfig(Section):

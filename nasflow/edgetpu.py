@@ -90,8 +90,8 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:  # torch-dependent modules are imported lazily
     import torch
 
+    from .arch import Arch
     from .config import SpaceConfig
-    from .space import Arch
 
 MODEL_VERSION = "1"
 """Bumped whenever the estimator's structure or constants change (it is part of the runtime)."""
@@ -143,6 +143,15 @@ class Layer:
     vector_ops: int = 0
     kernel: int = 1
     block: int | None = None
+
+
+def conv_op(in_channels: int, out: int, kernel: int, groups: int) -> str:
+    """Operator type of a convolution: depthwise, grouped_conv, pointwise (1x1) or conv."""
+    if groups > 1 and groups == in_channels == out:
+        return "depthwise"
+    if groups > 1:
+        return "grouped_conv"
+    return "pointwise" if kernel == 1 else "conv"
 
 
 def _same_out(size: int, stride: int) -> int:
@@ -198,12 +207,8 @@ class Net:
         if cin % groups or out % groups:
             raise ValueError(f"{name}: channels {cin}->{out} not divisible by groups={groups}")
         h, w = _same_out(self.h, stride), _same_out(self.w, stride)
-        depthwise = groups > 1 and groups == cin == out
         per_out = kernel * kernel * (cin // groups)
-        if depthwise:
-            op = "depthwise"
-        else:
-            op = "pointwise" if kernel == 1 else "conv"
+        op = conv_op(cin, out, kernel, groups)
         in_elems = self.elems
         self.c, self.h, self.w = out, h, w
         self._add(
@@ -255,6 +260,11 @@ class Net:
         self.layers += branch.layers
         scale = Layer(f"{name}.scale", "se_scale", in_elems=self.elems, out_elems=self.elems, vector_ops=self.elems)
         return self._add(scale)
+
+    def channel_shuffle(self, *, name: str = "shuffle") -> Net:
+        """ShuffleNet's channel shuffle: reshape, transpose, reshape (a copy of every element)."""
+        layer = Layer(name, "channel_shuffle", in_elems=self.elems, out_elems=self.elems, vector_ops=self.elems)
+        return self._add(layer)
 
     def extend(self, branch: Net) -> Net:
         """Continue with a branch's layers and output shape."""
@@ -362,6 +372,22 @@ OP_SUPPORT: dict[str, OpSupport] = {
         "https://github.com/tensorflow/tpu/issues/556 ; "
         "https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite",
     ),
+    # Conservative: Coral's table lists Conv2d without saying whether a grouped one (filter depth
+    # below the input depth) maps; converters of older TensorFlow versions could not express it at
+    # all. FBNet's grouped 1x1 convs are therefore treated as falling back.
+    "grouped_conv": OpSupport(
+        False,
+        "grouped (non-depthwise) convolution: not listed as supported by the Edge TPU compiler; treated as unmapped",
+        _OP_TABLE,
+    ),
+    # The shuffle is a Reshape to 5-D, a Transpose and a Reshape back; the table limits tensors to
+    # 3 dimensions that may exceed size 1, which a 5-D (n, g, c/g, h, w) view breaks.
+    "channel_shuffle": OpSupport(
+        False,
+        "channel shuffle: a transpose of a 5-D view; the Edge TPU supports tensors with at most 3 dimensions "
+        "larger than 1, so it is treated as unmapped",
+        _OP_TABLE,
+    ),
     "other": OpSupport(False, "operator of unknown type: assumed not mappable", _OP_TABLE),
 }
 
@@ -404,38 +430,43 @@ _LARGE_DW_SOURCE = (
 
 
 def op_compatibility(arch: Arch, *, assume_se_mapped: bool = False) -> list[Incompatibility]:
-    """Every block of `arch` the Edge TPU falls back on or runs slowly, in order.
+    """Every layer of `arch` (stem, blocks, head) the Edge TPU falls back on or runs slowly, in order.
 
-    hard-swish blocks and (unless ``assume_se_mapped``) squeeze-excite blocks are
-    ``cpu_fallback``; depthwise kernels of 5 and more are ``slow`` notes. An empty list means
-    the whole network maps to the Edge TPU.
+    Each block kind says which operators it executes (`Block.edgetpu`); every operator that
+    :data:`OP_SUPPORT` says is not mapped (hard-swish, swish, grouped convs, channel shuffles and,
+    unless ``assume_se_mapped``, squeeze-excite's broadcast multiply, reported as ``se``) is a
+    ``cpu_fallback``; depthwise kernels of 5 and more are ``slow`` notes. One entry per layer and
+    operator; an empty list means the whole network maps to the Edge TPU.
     """
-    from .space import _format_block  # noqa: PLC0415 (torch-dependent module)
-
+    layers = layers_from_arch(arch, 3, 224, 1000)  # which operators run does not depend on the geometry
+    tokens = [arch.stem_token(), *(block.token() for block in arch.blocks), arch.head_token()]
     found: list[Incompatibility] = []
-    for index, block in enumerate(arch.blocks):
-        if block.kind != "ir":
-            continue
-        token = _format_block(block)
-        if block.act == "hswish":
-            entry = OP_SUPPORT["hswish"]
-            found.append(Incompatibility(index + 1, token, "hswish", "cpu_fallback", entry.note, entry.source))
-        if block.se > 0:
+    seen: set[tuple[int, str]] = set()
+
+    def note(position: int, op: str, severity, reason: str, source: str) -> None:
+        if (position, op) not in seen:
+            seen.add((position, op))
+            found.append(Incompatibility(position, tokens[position], op, severity, reason, source))
+
+    for layer in layers:
+        if layer.block is not None:
+            position = layer.block + 1
+        else:
+            position = 0 if layer.name.startswith("stem") else len(tokens) - 1
+        if layer.op == "se_scale":
             entry = op_support("se_scale", assume_se_mapped=assume_se_mapped)
             if entry.on_tpu:
-                found.append(
-                    Incompatibility(
-                        index + 1, token, "se", "slow",
-                        "squeeze-excite assumed mapped; its global pool and 1x1 convs on a 1x1 map run far below peak",
-                        entry.source,
-                    )
-                )
+                reason = "squeeze-excite assumed mapped; its global pool and 1x1 convs on a 1x1 map run far below peak"
+                note(position, "se", "slow", reason, entry.source)
             else:
-                found.append(Incompatibility(index + 1, token, "se", "cpu_fallback", entry.note, entry.source))
-        if block.kernel >= 5:
-            op = f"depthwise{block.kernel}x{block.kernel}"
-            found.append(Incompatibility(index + 1, token, op, "slow", _LARGE_DW_NOTE, _LARGE_DW_SOURCE))
-    return found
+                note(position, "se", "cpu_fallback", entry.note, entry.source)
+        elif not op_support(layer.op).on_tpu:
+            entry = op_support(layer.op)
+            note(position, layer.op, "cpu_fallback", entry.note, entry.source)
+        elif layer.op == "depthwise" and layer.kernel >= 5:
+            note(position, f"depthwise{layer.kernel}x{layer.kernel}", "slow", _LARGE_DW_NOTE, _LARGE_DW_SOURCE)
+    # Per layer, what falls back comes before what is merely slow.
+    return sorted(found, key=lambda i: (i.position, i.severity != "cpu_fallback"))
 
 
 @dataclass(frozen=True)
@@ -681,39 +712,26 @@ def layers_from_arch(
 ) -> list[Layer]:
     """Layer list of ``build_model(arch, in_channels, num_classes)`` on one image of `image_size`.
 
-    Dense/depthwise/fc MACs equal ``nasflow.space.count_macs``; BatchNorm is folded (each conv
-    gets a bias), ReLU is fused, hard-swish is a separate op, squeeze-excite is global pool +
-    two 1x1 convs + hard-sigmoid + a broadcast multiply, a residual is an add.
+    Each block kind appends its own operators (`Block.edgetpu`). Dense/depthwise/fc MACs equal
+    ``nasflow.arch.count_macs``; BatchNorm is folded (each conv gets a bias), ReLU/ReLU6 are
+    fused, hard-swish and swish are separate ops, squeeze-excite is global pool + two 1x1 convs
+    + hard-sigmoid + a broadcast multiply, a residual is an add.
     """
-    from .space import mid_channels, se_channels, validate_arch  # noqa: PLC0415
+    from .arch import validate_arch  # noqa: PLC0415
 
     validate_arch(arch, in_channels)
     height, width = _hw(image_size)
     net = Net(in_channels, height, width)
-    net.conv(arch.stem, 3, arch.stem_stride, act="relu", name="stem")
+    net.conv(arch.stem, 3, arch.stem_stride, act=arch.stem_act, name="stem")
     for index, block in enumerate(arch.blocks):
-        if block.kind == "skip":
-            continue
         net.block = index
-        cin = net.c
-        mid = mid_channels(block, cin)
-        branch = net.fork()
-        act = block.act
-        prefix = f"block{index}"
-        if mid != cin:
-            branch.conv(mid, 1, act=act, name=f"{prefix}.expand")
-        branch.depthwise(block.kernel, block.stride, act=act, name=f"{prefix}.dw")
-        reduced = se_channels(block, cin)
-        if reduced:
-            branch.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
-        branch.conv(block.out, 1, act=None, name=f"{prefix}.project")
-        if block.stride == 1 and cin == block.out:
-            net.add_residual(branch, name=f"{prefix}.add")
-        else:
-            net.extend(branch)
+        block.edgetpu(net, f"block{index}")
     net.block = None
-    net.conv(arch.head, 1, act="relu", name="head")
+    if arch.head is not None:
+        net.conv(arch.head, 1, act=arch.head_act, name="head")
     net.global_pool(name="pool")
+    if arch.head_fc is not None:
+        net.fc(arch.head_fc, act=arch.head_act, name="head_fc")
     net.fc(num_classes, name="classifier")
     return net.layers
 
@@ -722,7 +740,7 @@ _ACTIVATION_MODULES = {
     "ReLU": "relu",
     "ReLU6": "relu6",
     "Hardswish": "hswish",
-    "HardSwish": "hswish",  # nasflow.space.HardSwish
+    "HardSwish": "hswish",  # nasflow.arch.layers.HardSwish
     "SiLU": "swish",
     "Sigmoid": "sigmoid",
     "Hardsigmoid": "hsigmoid",
@@ -751,7 +769,7 @@ def _module_layers(
     """Layers for one leaf module call with known input/output shapes (batch first)."""
     from torch import nn  # noqa: PLC0415
 
-    from .space import SqueezeExcite  # noqa: PLC0415
+    from .arch.layers import ChannelShuffle, SqueezeExcite  # noqa: PLC0415
 
     kind = type(module).__name__
     in_elems, out_elems = _per_image(in_shape), _per_image(out_shape)
@@ -760,10 +778,7 @@ def _module_layers(
         cin, cout, groups = module.in_channels, module.out_channels, module.groups
         spatial = out_elems // max(1, cout)
         params = sum(p.numel() for p in module.parameters(recurse=False))
-        if groups > 1 and groups == cin == cout:
-            op = "depthwise"
-        else:
-            op = "pointwise" if k == 1 else "conv"
+        op = conv_op(cin, cout, int(module.kernel_size[0]), groups)
         return [Layer(name, op, macs=spatial * cout * (cin // groups) * k, params=params, in_elems=in_elems,
                       out_elems=out_elems, kernel=int(module.kernel_size[0]))]
     if isinstance(module, nn.Linear):
@@ -771,6 +786,8 @@ def _module_layers(
         params = sum(p.numel() for p in module.parameters(recurse=False))
         macs = rows * module.in_features * module.out_features
         return [Layer(name, "fc", macs=macs, params=params, in_elems=in_elems, out_elems=out_elems)]
+    if isinstance(module, ChannelShuffle):
+        return [Layer(name, "channel_shuffle", in_elems=in_elems, out_elems=out_elems, vector_ops=out_elems)]
     if isinstance(module, SqueezeExcite):
         channels = module.expand.out_channels
         reduced = module.reduce.out_channels
@@ -847,8 +864,7 @@ def _function_layer(node, name: str) -> list[Layer]:
             return [Layer(name, "fc", macs=macs, params=params, in_elems=x_elems, out_elems=out_elems)]
         groups = int(node.kwargs.get("groups", node.args[6] if len(node.args) > 6 else 1))
         per_out = math.prod(w_shape[1:])  # (out, in / groups, kh, kw)
-        op = "depthwise" if groups > 1 and groups == w_shape[0] == x_shape[1] else (
-            "pointwise" if w_shape[2:] == (1, 1) else "conv")
+        op = conv_op(x_shape[1], w_shape[0], int(w_shape[2]), groups)
         return [Layer(name, op, macs=out_elems * per_out, params=params, in_elems=x_elems, out_elems=out_elems,
                       kernel=int(w_shape[2]))]
     return [Layer(name, "other", in_elems=in_elems, out_elems=out_elems, vector_ops=out_elems)]
@@ -858,11 +874,11 @@ def _layers_fx(model: torch.nn.Module, x: torch.Tensor) -> list[Layer]:
     import torch.fx  # noqa: PLC0415
     from torch.fx.passes.shape_prop import ShapeProp  # noqa: PLC0415
 
-    from .space import HardSwish, SqueezeExcite  # noqa: PLC0415
+    from .arch.layers import ChannelShuffle, HardSwish, SqueezeExcite  # noqa: PLC0415
 
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m, qualname):  # noqa: ANN001
-            return isinstance(m, (HardSwish, SqueezeExcite)) or super().is_leaf_module(m, qualname)
+            return isinstance(m, (HardSwish, SqueezeExcite, ChannelShuffle)) or super().is_leaf_module(m, qualname)
 
     graph = _Tracer().trace(model)
     gm = torch.fx.GraphModule(model, graph)
@@ -883,7 +899,7 @@ def _layers_fx(model: torch.nn.Module, x: torch.Tensor) -> list[Layer]:
 
 def _layers_hooks(model: torch.nn.Module, x: torch.Tensor) -> list[Layer]:
     """Fallback when fx cannot trace: leaf-module hooks (functional ops are not seen)."""
-    from .space import HardSwish, SqueezeExcite  # noqa: PLC0415
+    from .arch.layers import ChannelShuffle, HardSwish, SqueezeExcite  # noqa: PLC0415
 
     layers: list[Layer] = []
     handles = []
@@ -903,7 +919,7 @@ def _layers_hooks(model: torch.nn.Module, x: torch.Tensor) -> list[Layer]:
     for name, module in model.named_modules():
         if id(module) in se_children:
             continue
-        if isinstance(module, (HardSwish, SqueezeExcite)) or not any(True for _ in module.children()):
+        if isinstance(module, (HardSwish, SqueezeExcite, ChannelShuffle)) or not any(True for _ in module.children()):
             handles.append(module.register_forward_hook(hook(name or type(module).__name__)))
     try:
         model(x)
@@ -925,7 +941,7 @@ def layers_from_module(model: torch.nn.Module, input_shape: Sequence[int]) -> li
     import torch  # noqa: PLC0415
 
     from .export import eval_mode  # noqa: PLC0415
-    from .space import ArchNet  # noqa: PLC0415
+    from .arch.builder import ArchNet  # noqa: PLC0415
 
     shape = (1, *tuple(int(n) for n in input_shape)[1:])
     if isinstance(model, ArchNet):

@@ -8,12 +8,14 @@
   whole models measured on the device, as nn-Meter does with measured kernels. Its prediction is
 
       latency = overhead
-              + a_fixed * LUT(stem + head) + a_dw * LUT(blocks without expansion conv)
-              + a_expand * LUT(blocks with expansion conv)
+              + a_fixed * LUT(stem + head) + a_dw * LUT(depthwise-family blocks)
+              + a_expand * LUT(dense-family blocks)
               + per_layer * operators executed
               + per_mmac * MACs / 1e6 + per_kact * activation elements / 1e3
 
-  Every coefficient has a unit and a meaning (ms per model, scale of the LUT entries of a family,
+  A block's family is its kind's call (`Block.lut_family`): "dense" when an expansion or regular
+  conv dominates it (``ir`` with an expansion conv, ``fir``, ``conv``), "depthwise" otherwise
+  (``ir`` without one, ``ds``). Every coefficient has a unit and a meaning (ms per model, scale of the LUT entries of a family,
   ms per operator, ms per million MACs, ms per thousand activation elements read or written), and
   `explain(arch)` splits a prediction into those terms. The fit is ridge regression on relative
   errors *towards a physical prior*: the LUT sum with the runtime's per-call cost (the LUT's
@@ -38,7 +40,9 @@ import numpy as np
 
 from .errors import DeviceError, NasflowError
 from .lut import LutKey, LutOp, arch_op_details, device_batch_size, fastest_of_passes, null_op
-from .space import Arch, LayerwiseSpace, build_model, format_arch, parse_arch
+from .arch import Arch, format_arch, parse_arch
+from .arch.builder import build_model
+from .spaces.layerwise import LayerwiseSpace
 
 if TYPE_CHECKING:
     from .plugin_api import DeviceBackend
@@ -134,8 +138,8 @@ FEATURES: tuple[tuple[str, str, float], ...] = (
     # name, unit of its coefficient, prior coefficient (overhead and operators: +-null, set per LUT)
     ("overhead", "ms per model", 0.0),
     ("lut_fixed_ms", "x LUT(stem + head)", 1.0),
-    ("lut_dw_ms", "x LUT(blocks without expansion)", 1.0),
-    ("lut_expand_ms", "x LUT(blocks with expansion)", 1.0),
+    ("lut_dw_ms", "x LUT(depthwise-family blocks: no expansion conv)", 1.0),
+    ("lut_expand_ms", "x LUT(dense-family blocks: expansion or regular conv)", 1.0),
     ("operators", "ms per operator", 0.0),
     ("mmacs", "ms per million MACs", 0.0),
     ("kact", "ms per thousand activation elements", 0.0),
@@ -144,7 +148,7 @@ FEATURE_NAMES = tuple(name for name, _, _ in FEATURES)
 _BASE_PRIOR = np.array([prior for _, _, prior in FEATURES])
 _UNPENALISED = np.array([name == "overhead" for name in FEATURE_NAMES])
 LAMBDAS = tuple(float(x) for x in np.logspace(-4, 3, 22))
-_FAMILY_FEATURE = {"stem": "lut_fixed_ms", "head": "lut_fixed_ms", "ir_dw": "lut_dw_ms", "ir_expand": "lut_expand_ms"}
+_FAMILY_FEATURE = {"stem": "lut_fixed_ms", "head": "lut_fixed_ms", "depthwise": "lut_dw_ms", "dense": "lut_expand_ms"}
 MIN_PREDICTION_MS = 1e-4
 
 

@@ -128,7 +128,7 @@ def test_compatible_choices_strip_squeeze_excite():
     assert out.config.se_ratios == [0.0] and out.config.kernels == [3, 5, 7]
     assert out.removed == ("se_ratio 0.25",) and out.notes
     space = LayerwiseSpace(out.config)
-    assert all(block.se == 0 for choices in space.choices for block in choices)
+    assert all(block.kind == "skip" or block.se == 0 for choices in space.choices for block in choices)
     only_se = edgetpu_compatible_choices(SpaceConfig(se_ratios=[0.25]))
     assert only_se.config.se_ratios == [0.0]
     assert edgetpu_compatible_choices(cfg, assume_se_mapped=True).config.se_ratios == [0.0, 0.25]

@@ -285,3 +285,36 @@ def test_compress_rejects_foreign_models(digits):
     other = parse_arch("stem_c8_s1-head_c16")
     with pytest.raises(PluginError, match="context says"):
         compressor.compress(CompressContext(model, other, digits, TrainConfig(), digits.input_shape))
+
+
+# ---------------------------------------------------------------- groups the block kinds name
+
+KINDS_ARCH = "stem_c8_s1-conv_k3_c8_s1-fir_k3_e3_c8_s1_se0.25-ds_k3_c12_s2-fir_k3_m20_c12_s1_aswish-ir_k3_e2_c12_s1_g2-head_c16_f24"
+
+
+def test_groups_come_from_the_kinds():
+    groups = channel_groups(parse_arch(KINDS_ARCH))
+    # conv and ds have no inner width; grouped ir channels are tied to their groups; fir's mid is prunable.
+    assert [(g.name, g.width, g.gate, g.can_vanish) for g in groups] == [
+        ("blocks.1", 24, "expand_bn", True), ("blocks.3", 20, "expand_bn", True), ("head", 16, "head_bn", False),
+    ]
+    assert channel_groups(parse_arch("stem_c8_s1-ds_k3_c8_s1-head")) == []
+    with pytest.raises(PluginError, match="no prunable channel group"):
+        make_regulariser(parse_arch("stem_c8_s1-ds_k3_c8_s1-head"), {}, 0.1)
+
+
+def test_shrinking_fused_blocks_and_a_head_fc_keeps_outputs():
+    model = _trained_like(KINDS_ARCH)
+    _silence(model.blocks[1].expand_bn, [0, 3, 17])
+    _silence(model.blocks[3].expand_bn, [2, 5], beta=0.3)  # constants folded into the projection
+    _silence(model.head_bn, [1, 7], beta=-0.2)  # folded into the fc layer, not the classifier
+    result = shrink(model, threshold=1e-2)
+    assert [p.width for p in result.plans] == [21, 18, 14]
+    assert format_arch(result.arch) == (
+        "stem_c8_s1-conv_k3_c8_s1-fir_k3_m21_c8_s1_se0.25-ds_k3_c12_s2-fir_k3_m18_c12_s1_aswish"
+        "-ir_k3_e2_c12_s1_g2-head_c14_f24"
+    )
+    torch.testing.assert_close(_outputs(result.model), _outputs(model), atol=1e-5, rtol=0)
+    costs = channel_costs(parse_arch(KINDS_ARCH), 1, 10, 8, "flops")
+    fewer = parse_arch(KINDS_ARCH.replace("fir_k3_m20", "fir_k3_m19"))
+    assert count_macs(parse_arch(KINDS_ARCH), 1, 10, 8) - count_macs(fewer, 1, 10, 8) == costs["blocks.3"]

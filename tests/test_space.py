@@ -92,7 +92,8 @@ def test_parsed_record_fields():
         ("stem_c16_s1-ir_k3_ex_c8_s1-head_c8", "ir_k3_ex_c8_s1", 1, "decimal number"),
         ("stem_c16_s1-ir_k3_e6_c8_s1_x4-head_c8", "ir_k3_e6_c8_s1_x4", 1, "unknown field"),
         ("stem_c16_s1-ir_k3_k5_e6_c8_s1-head_c8", "ir_k3_k5_e6_c8_s1", 1, "given twice"),
-        ("stem_c16_s1-conv_k3-head_c8", "conv_k3", 1, "unknown layer kind"),
+        ("stem_c16_s1-pool_k3-head_c8", "pool_k3", 1, "unknown layer kind"),
+        ("stem_c16_s1-conv_k3-head_c8", "conv_k3", 1, "missing field(s) c, s"),
         ("stem_c16_s1-skip_c16_s2-head_c8", "skip_c16_s2", 1, "not allowed"),
         ("stem_c16_s1-stem_c16_s1-head_c8", "stem_c16_s1", 1, "stem must be the first"),
         ("ir_k3_e6_c8_s1-head_c8", "ir_k3_e6_c8_s1", 0, "stem must be the first"),
@@ -136,10 +137,10 @@ def test_arch_hash():
 def test_block_validation():
     with pytest.raises(ArchError, match="odd"):
         Block("ir", kernel=2, expansion=6, out=8)
-    with pytest.raises(ArchError, match="only their channel count"):
+    with pytest.raises(ArchError, match="'skip' blocks have no field 'stride'"):
         Block("skip", out=8, stride=2)
     with pytest.raises(ArchError, match="kind"):
-        Block("conv", out=8)
+        Block("pool", out=8)
     with pytest.raises(ArchError, match="channels"):
         Block("ir", kernel=3, out=0)
     with pytest.raises(ArchError, match="positive integer"):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from prefect import flow
 
+from ..arch import resolve_arch
 from ..data import load_dataset
 from ..objectives import score
 from ..progress import progress_channel, reporter
@@ -33,7 +34,7 @@ def _jobs(ctx: RunContext) -> list[dict[str, Any]]:
         jobs.append({"arch": parent["arch"], "parent_id": parent["candidate_id"]})
         seen.add(parent["arch_hash"])
     for text in spec.train.archs:
-        arch = parse_arch(text)
+        arch = resolve_arch(text)  # an architecture string or a zoo name (zoo:mobilenet_v2@0.5)
         if arch_hash(arch) not in seen:
             jobs.append({"arch": format_arch(arch), "parent_id": None})
             seen.add(arch_hash(arch))

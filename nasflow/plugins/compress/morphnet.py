@@ -1,8 +1,9 @@
 """MorphNet's steps behind the `morphnet` compressor: resource-weighted L1 on BN gates, shrink, expand, fine-tune.
 
-After MorphNet (Gordon et al., CVPR 2018). Prunable channel groups are the expanded (mid) channels
-of every inverted-residual block that has an expand conv, gated by the depthwise BN scale, and the
-head channels, gated by the head BN scale. Block input/output widths stay fixed, so the cost of
+After MorphNet (Gordon et al., CVPR 2018). Each block kind names its prunable channel groups
+(`Block.prunable`: the expanded channels of an ``ir`` block with an expand conv, gated by its
+depthwise BN, and of a ``fir`` block, gated by its expansion BN); the head's conv channels,
+gated by the head BN, are one more group. Block input/output widths stay fixed, so the cost of
 one channel of a group (MACs or parameters, given its neighbours) is exact and constant.
 """
 
@@ -16,23 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ...arch import Arch, Block, count_arch_params, count_macs, count_params, format_arch
+from ...arch.builder import ArchNet, build_model
+from ...arch.layers import FusedInvertedResidual, InvertedResidual
 from ...errors import PluginError
 from ...plugin_api import CompressContext, CompressResult
-from ...space import (
-    Arch,
-    ArchNet,
-    Block,
-    InvertedResidual,
-    build_model,
-    count_arch_params,
-    count_macs,
-    count_params,
-    format_arch,
-    mid_channels,
-)
 from ...train import TrainResult, evaluate, train_model
 from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  (the plugin, re-exported)
 
@@ -41,27 +32,31 @@ from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  
 
 @dataclass(frozen=True)
 class ChannelGroup:
-    """Channels that live or die together: one block's mid channels (block index) or the head (None)."""
+    """Channels that live or die together: a group of one block (block index) or the head (None)."""
 
     block: int | None
     width: int
-    in_channels: int  # of the block; a mid width equal to it would drop the expand conv
     can_vanish: bool  # residual blocks may turn into skip layers
+    field: str = "head"  # the record field that sets the width (the kind's PrunableGroup.field)
+    gate: str = "head_bn"  # the BatchNorm whose scale gates the channels
+    avoid: tuple[int, ...] = ()  # widths the group must not take (mid == in drops an ir expand conv)
 
     @property
     def name(self) -> str:
-        return "head" if self.block is None else f"blocks.{self.block}"
+        if self.block is None:
+            return "head"
+        return f"blocks.{self.block}" if self.field == "mid" else f"blocks.{self.block}.{self.field}"
 
 
 def channel_groups(arch: Arch) -> list[ChannelGroup]:
-    """Prunable groups of an arch, blocks in order, then the head."""
+    """Prunable groups of an arch, blocks in order (as their kinds name them), then the head conv."""
     groups, channels = [], arch.stem
     for index, block in enumerate(arch.blocks):
-        if block.kind == "ir" and mid_channels(block, channels) != channels:
-            residual = block.stride == 1 and block.out == channels
-            groups.append(ChannelGroup(index, mid_channels(block, channels), channels, residual))
+        for g in block.prunable(channels):
+            groups.append(ChannelGroup(index, g.width, g.can_vanish, g.field, g.gate, g.avoid))
         channels = block.out
-    groups.append(ChannelGroup(None, arch.head, channels, False))
+    if arch.head is not None:
+        groups.append(ChannelGroup(None, arch.head, False))
     return groups
 
 
@@ -69,13 +64,13 @@ def _with_width(arch: Arch, group: ChannelGroup, width: int) -> Arch:
     if group.block is None:
         return dataclasses.replace(arch, head=width)
     blocks = list(arch.blocks)
-    blocks[group.block] = dataclasses.replace(blocks[group.block], mid=width)
+    blocks[group.block] = blocks[group.block].with_width(group.field, width)
     return dataclasses.replace(arch, blocks=tuple(blocks))
 
 
 def _gate(model: ArchNet, group: ChannelGroup) -> nn.BatchNorm2d:
-    # The depthwise BN gates a mid channel exactly: with gamma = beta = 0 the channel emits act(0) = 0.
-    return model.head_bn if group.block is None else model.blocks[group.block].dw_bn
+    # The gating BN covers a group's channels exactly: with gamma = beta = 0 a channel emits act(0) = 0.
+    return model.head_bn if group.block is None else getattr(model.blocks[group.block], group.gate)
 
 
 def channel_costs(
@@ -92,7 +87,7 @@ def channel_costs(
     for group in channel_groups(arch):
         # Costs are linear in the width, so any second width works; it must keep the expand conv.
         other = group.width + 1
-        if group.block is not None and other == group.in_channels:
+        while other in group.avoid:
             other += 1
         delta = measure(_with_width(arch, group, other)) - measure(_with_width(arch, group, group.width))
         costs[group.name] = delta / (other - group.width)
@@ -104,6 +99,8 @@ def make_regulariser(
 ) -> Callable[[nn.Module], torch.Tensor]:
     """strength * sum over groups of cost-weighted |gamma|; the costliest channel weighs 1."""
     groups = channel_groups(arch)
+    if not groups:
+        raise PluginError(f"morphnet: {format_arch(arch)!r} has no prunable channel group (no expand conv, no head conv)")
     # Scaling by the largest per-channel cost makes `strength` the L1 pressure on the most expensive
     # channels whatever the image size, model scale or target, so one default suits them all.
     top_cost = max(costs[g.name] for g in groups)
@@ -144,8 +141,8 @@ def _alive_channels(gamma: torch.Tensor, group: ChannelGroup, threshold: float, 
     floor = min(min_channels, group.width)
     if len(alive) < floor:
         alive = torch.topk(gamma, floor).indices
-    if group.block is not None and len(alive) == group.in_channels:
-        alive = torch.topk(gamma, len(alive) + 1).indices  # mid == in would silently drop the expand conv
+    while len(alive) in group.avoid and len(alive) < group.width:
+        alive = torch.topk(gamma, len(alive) + 1).indices  # e.g. mid == in would silently drop the expand conv
     return alive.sort().values
 
 
@@ -153,7 +150,7 @@ def _target_width(group: ChannelGroup, survivors: int, multiplier: float, min_ch
     if multiplier == 1.0:
         return survivors
     width = max(1, min(min_channels, group.width), round(survivors * multiplier))
-    if group.block is not None and width == group.in_channels:
+    while width in group.avoid:
         width += 1
     return width
 
@@ -201,12 +198,12 @@ def _dropped(width: int, keep: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(mask).flatten()
 
 
-def _copy_ir(dst: InvertedResidual, src: InvertedResidual, keep: torch.Tensor) -> None:
-    if src.expand is not None:
-        _put(dst.expand.weight, src.expand.weight, 0, keep)
-        _copy_bn(dst.expand_bn, src.expand_bn, keep)
-    _put(dst.dw.weight, src.dw.weight, 0, keep)
-    _copy_bn(dst.dw_bn, src.dw_bn, keep)
+def _copy_mid(dst: nn.Module, src: nn.Module, keep: torch.Tensor, producers: tuple[tuple[str, str], ...], gate: str) -> None:
+    """Copy the kept mid channels of an (fused) inverted residual: `producers` are its (conv, BN) pairs
+    that output mid channels, in order; SE and the projection read them."""
+    for conv, bn in producers:
+        _put(getattr(dst, conv).weight, getattr(src, conv).weight, 0, keep)
+        _copy_bn(getattr(dst, bn), getattr(src, bn), keep)
     if src.se is not None:
         _put(dst.se.reduce.weight, src.se.reduce.weight, 1, keep)
         dst.se.reduce.bias.copy_(src.se.reduce.bias)
@@ -218,14 +215,27 @@ def _copy_ir(dst: InvertedResidual, src: InvertedResidual, keep: torch.Tensor) -
     # still receive gradients through their non-zero activations and grow during fine-tuning.
     dst.project.weight[:, len(keep) :].zero_()
     dst.project_bn.load_state_dict(src.project_bn.state_dict())
-    _fold_ir_constants(dst, src, _dropped(src.mid, keep))
+    _fold_mid_constants(dst, src, _dropped(src.mid, keep), getattr(src, gate))
 
 
-def _fold_ir_constants(dst: InvertedResidual, src: InvertedResidual, dropped: torch.Tensor) -> None:
+def _copy_ir(dst: InvertedResidual, src: InvertedResidual, keep: torch.Tensor) -> None:
+    producers = ((("expand", "expand_bn"),) if src.expand is not None else ()) + (("dw", "dw_bn"),)
+    _copy_mid(dst, src, keep, producers, "dw_bn")
+
+
+def _copy_fir(dst: FusedInvertedResidual, src: FusedInvertedResidual, keep: torch.Tensor) -> None:
+    _copy_mid(dst, src, keep, (("expand", "expand_bn"),), "expand_bn")
+
+
+_COPY_MID = {InvertedResidual: _copy_ir, FusedInvertedResidual: _copy_fir}
+"""How the weights of each module with prunable mid channels are carried into a narrower child."""
+
+
+def _fold_mid_constants(dst: nn.Module, src: nn.Module, dropped: torch.Tensor, gate: nn.BatchNorm2d) -> None:
     """A dropped channel with gamma ~ 0 emits act(beta); fold that constant into what consumed it."""
     if len(dropped) == 0:
         return
-    const = src.act(src.dw_bn.bias[dropped])
+    const = src.act(gate.bias[dropped])
     if src.se is not None:
         # Exact for the SE input; the gated copy reaching `project` varies per image and is dropped.
         dst.se.reduce.bias += src.se.reduce.weight[:, dropped, 0, 0] @ const
@@ -233,15 +243,24 @@ def _fold_ir_constants(dst: InvertedResidual, src: InvertedResidual, dropped: to
     dst.project_bn.running_mean -= src.project.weight[:, dropped, 0, 0] @ const
 
 
-def _copy_head(dst: ArchNet, src: ArchNet, keep: torch.Tensor) -> None:
+def _copy_head(dst: ArchNet, src: ArchNet, keep: torch.Tensor | None) -> None:
+    consumer = "head_fc" if src.head_fc is not None else "classifier"
+    if keep is None:  # no head conv, or one that is not pruned
+        for name in ("head_conv", "head_bn", "head_fc", "classifier"):
+            if getattr(src, name) is not None:
+                getattr(dst, name).load_state_dict(getattr(src, name).state_dict())
+        return
     _put(dst.head_conv.weight, src.head_conv.weight, 0, keep)
     _copy_bn(dst.head_bn, src.head_bn, keep)
-    _put(dst.classifier.weight, src.classifier.weight, 1, keep)
-    dst.classifier.weight[:, len(keep) :].zero_()
-    dst.classifier.bias.copy_(src.classifier.bias)
+    d, s = getattr(dst, consumer), getattr(src, consumer)
+    _put(d.weight, s.weight, 1, keep)
+    d.weight[:, len(keep) :].zero_()
+    d.bias.copy_(s.bias)
+    if consumer == "head_fc":
+        dst.classifier.load_state_dict(src.classifier.state_dict())
     dropped = _dropped(src.arch.head, keep)
     if len(dropped):
-        dst.classifier.bias += src.classifier.weight[:, dropped] @ F.relu(src.head_bn.bias[dropped])
+        d.bias += s.weight[:, dropped] @ src.head_act(src.head_bn.bias[dropped])
 
 
 def _transplant(dst: ArchNet, src: ArchNet, plans: list[GroupPlan]) -> None:
@@ -249,10 +268,15 @@ def _transplant(dst: ArchNet, src: ArchNet, plans: list[GroupPlan]) -> None:
     dst.stem_conv.load_state_dict(src.stem_conv.state_dict())
     dst.stem_bn.load_state_dict(src.stem_bn.state_dict())
     for index, (d, s) in enumerate(zip(dst.blocks, src.blocks)):
-        if isinstance(d, InvertedResidual):
-            plan = by_block.get(index)
-            _copy_ir(d, s, plan.keep if plan is not None else torch.arange(s.mid))
-    _copy_head(dst, src, by_block[None].keep)
+        plan = by_block.get(index)
+        if isinstance(d, nn.Identity):
+            continue
+        if plan is None:  # nothing of it is pruned: same shapes, same weights
+            d.load_state_dict(s.state_dict())
+        else:
+            _COPY_MID[type(s)](d, s, plan.keep)
+    head = by_block.get(None)
+    _copy_head(dst, src, head.keep if head is not None else None)
 
 
 def shrink(

@@ -1,0 +1,101 @@
+"""`ds`: the depthwise-separable conv of MobileNetV1: depthwise kxk + BN + act, optional SE, 1x1 + BN + act."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..block import Block, BlockShape, Size, same_out
+from ..fields import activation, odd_kernel, positive_int
+from ._common import check_se, se_fields, se_params, squeeze_width
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ...edgetpu import Net
+
+
+@dataclass(frozen=True)
+class DSBlock(Block):
+    """Depthwise kxk (stride s) on the input channels, optional SE, pointwise 1x1 to ``c``; both activated.
+
+    No residual and no expansion. A separable conv whose pointwise conv is linear (MnasNet's
+    ``SepConv``, MobileNetV2's first block) is an ``ir`` block with ``e1``.
+    """
+
+    kind: ClassVar[str] = "ds"
+    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "c", "s", "se", "sq", "a")
+    REQUIRED: ClassVar[tuple[str, ...]] = ("k", "c", "s")
+    ONE_OF: ClassVar = ((("se", "sq"), False),)
+
+    kernel: int = 3
+    out: int = 0
+    stride: int = 1
+    se: float = 0.0
+    act: str = "relu"
+    squeeze: int | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "out", positive_int("channels", self.out))
+        set_(self, "kernel", odd_kernel(self.kernel))
+        set_(self, "stride", positive_int("stride", self.stride))
+        se, squeeze = check_se(self.se, self.squeeze)
+        set_(self, "se", se)
+        set_(self, "squeeze", squeeze)
+        set_(self, "act", activation(self.act))
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, object]) -> DSBlock:
+        return cls(
+            kernel=fields["k"],  # type: ignore[arg-type]
+            out=fields["c"],  # type: ignore[arg-type]
+            stride=fields["s"],  # type: ignore[arg-type]
+            se=fields.get("se", 0.0),  # type: ignore[arg-type]
+            act=fields.get("a", "relu"),  # type: ignore[arg-type]
+            squeeze=fields.get("sq"),  # type: ignore[arg-type]
+        )
+
+    def fields(self) -> list[tuple[str, object]]:
+        items = [("k", self.kernel), ("c", self.out), ("s", self.stride), *se_fields(self.se, self.squeeze)]
+        if self.act != "relu":
+            items.append(("a", self.act))
+        return items
+
+    def se_width(self, in_channels: int) -> int:
+        return squeeze_width(in_channels, self.se, self.squeeze)
+
+    def out_size(self, size: Size) -> Size:
+        return same_out(size, self.kernel, self.stride)
+
+    def macs(self, shape: BlockShape) -> int:
+        cin = shape.in_channels
+        macs = shape.out_pixels * cin * self.kernel * self.kernel + 2 * cin * self.se_width(cin)
+        return macs + shape.out_pixels * cin * self.out
+
+    def params(self, in_channels: int) -> int:
+        cin = in_channels
+        params = cin * self.kernel * self.kernel + 2 * cin + se_params(cin, self.se_width(cin))
+        return params + cin * self.out + 2 * self.out
+
+    def norm_params(self, in_channels: int) -> int:
+        return 2 * in_channels + 2 * self.out
+
+    def activations(self, shape: BlockShape) -> int:
+        cin = shape.in_channels
+        return shape.in_pixels * cin + shape.out_pixels * (cin + self.out)
+
+    def lut_family(self, in_channels: int) -> str:
+        return "depthwise"
+
+    def module(self, in_channels: int) -> nn.Module:
+        from ..layers import DepthwiseSeparable  # noqa: PLC0415
+
+        return DepthwiseSeparable(self, in_channels)
+
+    def edgetpu(self, net: Net, prefix: str) -> None:
+        reduced = self.se_width(net.c)
+        net.depthwise(self.kernel, self.stride, act=self.act, name=f"{prefix}.dw")
+        if reduced:
+            net.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
+        net.conv(self.out, 1, act=self.act, name=f"{prefix}.pw")
