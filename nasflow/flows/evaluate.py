@@ -155,18 +155,19 @@ def make_devices(device_cfgs) -> dict[str, DeviceBackend]:
 
 def measure_everywhere(
     devices: dict[str, DeviceBackend], model: torch.nn.Module, input_shape: tuple[int, ...]
-) -> tuple[list[Measurement], str | None]:
+) -> tuple[list[Measurement], dict[str, str]]:
     """Time `model` on every device, one after another, so no two timings share the cores.
 
-    Returns the measurements taken and the first failure (device name and reason), if any.
+    Returns the measurements taken and {device: reason} of the devices that failed; one device
+    failing does not stop the others.
     """
-    measurements = []
+    measurements, failures = [], {}
     for name, device in devices.items():
         try:
             measurements.append(device.measure_model(model, input_shape))
         except Exception as exc:
-            return measurements, f"{name}: {describe_error(exc)}"
-    return measurements, None
+            failures[name] = describe_error(exc)
+    return measurements, failures
 
 
 def prepare_everywhere(
