@@ -77,37 +77,34 @@ def tflite_accuracy(path: str | Path, images: np.ndarray, labels: np.ndarray, ba
         raise
     except Exception as exc:
         raise DeviceError(f"litert: cannot load {path}: {exc}") from exc
-    batch = {"size": min(batch_size, len(labels)) or 1}
+    state: dict[str, Any] = {"allocated": None, "batched": True}
 
-    def resize(n: int) -> None:
-        interp.resize_tensor_input(detail["index"], [n, *shape[1:]])
-        interp.allocate_tensors()
+    def allocate(n: int) -> None:
+        if state["allocated"] != n:
+            state["allocated"] = None  # unknown until the resize has succeeded
+            interp.resize_tensor_input(detail["index"], [n, *shape[1:]])
+            interp.allocate_tensors()
+            state["allocated"] = n
 
-    def run(x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        if n != batch.get("allocated"):
-            try:
-                resize(n)
-                batch["allocated"] = n
-            except Exception:
-                return np.concatenate([run_one(image) for image in x])
+    def invoke(x: np.ndarray) -> np.ndarray:
+        allocate(len(x))
         interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
         interp.invoke()
-        out = interp.get_tensor(output)
-        if len(out) != n:  # the graph kept batch 1 inside: fall back to single images
-            return np.concatenate([run_one(image) for image in x])
-        return out
+        return interp.get_tensor(output)
 
-    def run_one(image: np.ndarray) -> np.ndarray:
-        if batch.get("allocated") != 1:
-            resize(1)
-            batch["allocated"] = 1
-        interp.set_tensor(detail["index"], image[None].astype(detail["dtype"]))
-        interp.invoke()
-        return interp.get_tensor(output).reshape(1, -1)
+    def run(x: np.ndarray) -> np.ndarray:
+        if state["batched"] and len(x) > 1:
+            try:
+                out = invoke(x)
+                if len(out) == len(x):
+                    return out
+            except Exception:
+                pass
+            state["batched"] = False  # the graph keeps batch 1 inside: single images from now on
+        return np.concatenate([invoke(image[None]).reshape(1, -1) for image in x])
 
     try:
-        return classify_accuracy(run, images, labels, batch["size"])
+        return classify_accuracy(run, images, labels, batch_size)
     except Exception as exc:
         raise DeviceError(f"litert: evaluating {path} on the test split failed: {describe_error(exc)}") from exc
 

@@ -38,6 +38,7 @@ STALL_PROPOSALS = 200
 
 # A latency cap this far below the fastest architecture's latency cannot be met by any
 # candidate (the estimate is one noisy number, hence the margin); closer than that, a warning.
+# A target (soft, MnasNet) is only warned about, when clearly below the fastest.
 CAP_REFUSE_BELOW, CAP_WARN_BELOW = 2 / 3, 1.1
 
 
@@ -151,10 +152,10 @@ def latency_goal_warnings(
             f"objectives.max_latency_ms {cap:g} ms is at or below what the fastest architecture achieves ({where}): "
             "few or no candidates will meet it, and only those are trained and deployed"
         )
-    if target is not None and target < fastest:
+    if target is not None and target * CAP_WARN_BELOW < fastest:
         messages.append(
-            f"objectives.target_ms {target:g} ms is below every architecture's latency ({where}): the MnasNet "
-            "reward penalises every candidate for latency; raise the target to one the space can reach"
+            f"objectives.target_ms {target:g} ms is below the latency of the space's fastest architecture ({where}): "
+            "the MnasNet reward penalises every candidate for latency; raise the target to one the space can reach"
         )
     return messages
 

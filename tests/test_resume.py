@@ -1,0 +1,251 @@
+"""Resuming the way users expect: run identity, a budget that grows, failed rows replaced, runs whose
+process vanished, and real `nasflow run` processes interrupted by SIGINT and SIGKILL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nasflow.config import ObjectivesConfig
+from nasflow.errors import SpecError
+from nasflow.flows.records import candidate_id, device_failure_rows, retried
+from nasflow.flows.search import chance_band, chance_level_warning
+from nasflow.flows.selection import best_candidates
+from nasflow.processes import is_running, process_started_at
+from nasflow.registry import Registry, open_readonly
+from nasflow.spec import parse_spec
+
+from conftest import tiny_spec_text
+from test_cli import cli_env
+
+EXIT_INTERRUPTED = 130
+
+
+# ------------------------------------------------------------------------------------ run identity
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("execution: {runner: thread, workers: 2,", "execution: {runner: process, workers: 1,"),
+        ("registry: {path: ", "registry: {path: /elsewhere"),
+        ("deploy: {enabled: true, out_dir: ", "deploy: {enabled: true, out_dir: /elsewhere"),
+        ("work_dir: ", "work_dir: /elsewhere"),
+        ("  budget: 6\n", "  budget: 60\n"),
+        ("train: {enabled: true, top_k: 1, config: {epochs: 2}}", "train: {enabled: false, top_k: 3, config: {epochs: 9}}"),
+        ("morph: {enabled: true, top_k: 1,", "morph: {enabled: true, top_k: 2,"),
+        ("profile: {enabled: true}", "profile: {enabled: true, lut: true}"),  # the search measures: no LUT used
+        ("cache_dir: ", "cache_dir: /elsewhere"),
+    ],
+)
+def test_where_and_how_much_do_not_change_the_run(tmp_path, old, new):
+    text = tiny_spec_text(tmp_path)
+    assert parse_spec(_edit(text, old, new), check_plugins=False).run_id() == parse_spec(text, check_plugins=False).run_id()
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("execution: {runner: thread,", "execution: {seed: 1, runner: thread,"),
+        ("  batch_size: 3\n", "  batch_size: 2\n"),
+        ("proxy: {epochs: 1,", "proxy: {epochs: 2,"),
+        ("kernels: [3, 5]", "kernels: [3]"),
+        ("target_ms: 0.2", "target_ms: 0.3"),
+        ("{name: torch-cpu, options: {threads: 1,", "{name: torch-cpu, options: {threads: 2,"),
+    ],
+)
+def test_what_the_search_finds_changes_the_run(tmp_path, old, new):
+    text = tiny_spec_text(tmp_path)
+    assert parse_spec(_edit(text, old, new), check_plugins=False).run_id() != parse_spec(text, check_plugins=False).run_id()
+
+
+# ------------------------------------------------------------------------- replacing failed rows
+
+
+def _candidate(cid: str, status: str, **extra) -> dict:
+    return {"candidate_id": cid, "run_id": "r", "stage": "search", "arch": "a", "arch_hash": cid, "status": status, **extra}
+
+
+def _measurement(mid: str, cid: str, value: float | None, artifact_id: str | None = None) -> dict:
+    return {"measurement_id": mid, "candidate_id": cid, "run_id": "r", "device": "torch-cpu", "source": "measured",
+            "metric": "latency", "median_ms": value, "value": value, "artifact_id": artifact_id}
+
+
+def test_a_retried_candidate_replaces_its_failed_row_and_measurements(tmp_path):
+    registry = Registry(tmp_path / "r.duckdb")
+    failed = _candidate("c1", "failed", error="onnxruntime-cpu: boom", extra={"genome": [1]})
+    registry.add_evaluated([failed, _candidate("c2", "ok", score=0.5)],
+                           [_measurement("m1", "c1", None), _measurement("m-art", "c1", 2.0, artifact_id="a1")])
+    # skipped without replace, as before: the stored row wins
+    assert registry.add_evaluated([_candidate("c1", "ok")], []) == (0, 0)
+
+    again = retried(_candidate("c1", "ok", score=0.7, extra={"genome": [1]}), registry.get_candidates("r")[0])
+    assert again["extra"] == {"genome": [1], "attempts": 2, "last_error": "onnxruntime-cpu: boom"}
+    assert registry.add_evaluated([again], [_measurement("m1", "c1", 1.5)], replace=True) == (1, 1)
+    rows = {r["candidate_id"]: r for r in registry.get_candidates("r")}
+    assert len(rows) == 2 and rows["c1"]["status"] == "ok" and rows["c1"]["score"] == 0.7
+    assert rows["c1"]["extra"]["attempts"] == 2 and rows["c2"]["score"] == 0.5
+    values = {m["measurement_id"]: m["median_ms"] for m in registry.get_measurements(["c1"])}
+    assert values == {"m1": 1.5, "m-art": 2.0}  # the live model's number replaced; the artifact's kept
+
+    # a third attempt after a second failure keeps counting
+    failed_again = retried(_candidate("c1", "failed", error="second"), {**rows["c1"], "status": "failed", "error": "x"})
+    assert failed_again["extra"]["attempts"] == 3 and failed_again["extra"]["last_error"] == "x"
+
+
+def test_a_replacing_batch_that_fails_leaves_the_stored_rows(tmp_path):
+    registry = Registry(tmp_path / "r.duckdb")
+    registry.add_evaluated([_candidate("c1", "failed", error="boom")], [_measurement("m1", "c1", None)])
+    with pytest.raises(Exception, match="candidates.status"):
+        registry.add_evaluated([_candidate("c1", "ok"), _candidate("c2", "meh")], [], replace=True)
+    rows = registry.get_candidates("r")
+    assert [(r["candidate_id"], r["status"]) for r in rows] == [("c1", "failed")]
+    assert len(registry.get_measurements(["c1"])) == 1
+
+
+def test_one_failing_device_is_its_own_measurement_row():
+    rows = device_failure_rows("c1", "r", {"litert": "litert: converter crashed"})
+    assert [(r["device"], r["metric"], r.get("median_ms"), r["extra"]) for r in rows] == [
+        ("litert", "latency", None, {"error": "litert: converter crashed"})
+    ]
+
+
+def test_stage_settings_are_part_of_train_and_morph_ids():
+    assert candidate_id("r", "train", "h", "p", "k1") != candidate_id("r", "train", "h", "p", "k2")
+    assert candidate_id("r", "search", "h") == candidate_id("r", "search", "h", None, None)
+
+
+# ---------------------------------------------------------------- selection: cap and chance level
+
+
+def test_models_over_the_latency_cap_are_never_chosen():
+    objectives = ObjectivesConfig(reward="accuracy", max_latency_ms=1.0)
+    rows = [
+        {"candidate_id": "fast", "arch_hash": "a", "status": "ok", "score": 0.5, "latency_ms": 0.9},
+        {"candidate_id": "slow", "arch_hash": "b", "status": "ok", "score": 0.0, "latency_ms": 1.2},
+        {"candidate_id": "unknown", "arch_hash": "c", "status": "ok", "score": 0.0, "latency_ms": None},
+    ]
+    assert [r["candidate_id"] for r in best_candidates(rows, 3, objectives)] == ["fast"]
+    assert len(best_candidates(rows, 3, ObjectivesConfig(reward="accuracy"))) == 3
+
+
+class _Data:
+    num_classes = 10
+    val_y = [0] * 300
+
+
+def test_chance_level_band_and_warning(tmp_path):
+    chance, upper = chance_band(10, 300)
+    assert chance == pytest.approx(0.1) and upper == pytest.approx(0.1 + 2 * (0.09 / 300) ** 0.5)
+    spec = parse_spec(tiny_spec_text(tmp_path), check_plugins=False)
+    rows = [{"status": "ok", "accuracy": a} for a in (0.10, 0.11, 0.12, 0.45)]
+    warning = chance_level_warning(rows, spec, _Data())
+    assert warning and "3 of 4" in warning and "search.proxy.epochs (now 1)" in warning and "search.proxy.subset (now 0.5)" in warning
+    learned = [{"status": "ok", "accuracy": a} for a in (0.10, 0.3, 0.4, 0.45)]
+    assert chance_level_warning(learned, spec, _Data()) is None
+    assert chance_level_warning(rows[:2], spec, _Data()) is None  # too few to say
+
+
+# ------------------------------------------------------------------------ runs whose process vanished
+
+
+def test_process_identity_tells_a_reused_pid_apart():
+    me = process_started_at(os.getpid())
+    assert me is not None and me <= dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    assert is_running(os.getpid(), me)
+    assert not is_running(os.getpid(), me - dt.timedelta(seconds=30))  # same pid, another process
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not is_running(child.pid, None)
+
+
+START_AND_HANG = (
+    "import sys, time; from nasflow.registry import Registry; "
+    "Registry(sys.argv[1]).start_run('r-killed', 'killed', 'h', 'name: killed', 'thread', 'test'); "
+    "print('started', flush=True); time.sleep(600)"
+)
+
+
+def test_a_killed_run_reads_as_interrupted_and_is_marked_so(tmp_path):
+    path = tmp_path / "r.duckdb"
+    registry = Registry(path)
+    registry.start_run("r-alive", "alive", "h", "name: alive", "thread", "test")  # this process: alive
+    proc = subprocess.Popen([sys.executable, "-c", START_AND_HANG, str(path)], stdout=subprocess.PIPE, text=True,
+                            env=cli_env())
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        assert open_readonly(path).get_run("r-killed")["status"] == "running"
+    finally:
+        proc.kill()
+        proc.wait()
+    reader = open_readonly(path)
+    run = reader.get_run("r-killed")
+    assert run["status"] == "interrupted" and f"pid {proc.pid}" in run["error"] and "resume" in run["error"]
+    assert reader.query("SELECT status FROM runs WHERE run_id = 'r-killed'")[1] == [("running",)]  # not written
+    Registry(path)  # a read-write open records it
+    stored = dict(zip(*[["status", "error", "finished_at"], reader.query(
+        "SELECT status, error, finished_at FROM runs WHERE run_id = 'r-killed'")[1][0]]))
+    assert stored["status"] == "interrupted" and stored["finished_at"] is not None and "ended without" in stored["error"]
+    assert reader.get_run("r-alive")["status"] == "running"
+
+
+# -------------------------------------------------------------------------------- deployed files
+
+
+def test_exported_files_follow_the_umask(tmp_path):
+    from nasflow.export import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    previous = os.umask(0o027)
+    try:
+        path = export_onnx(model, (1, 4), tmp_path / "m.onnx")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # no temporary file left
+
+
+def test_artifact_accuracy_matches_pytorch_on_labelled_images(tmp_path):
+    import numpy as np
+
+    from nasflow.export import export_onnx, onnx_accuracy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3)).eval()
+    images = np.random.default_rng(0).standard_normal((300, 3, 2, 2)).astype(np.float32)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(images)).argmax(1).numpy()
+    labels = np.where(np.arange(300) % 3 == 0, (predicted + 1) % 3, predicted)  # two thirds right
+    path = export_onnx(model, (1, 3, 2, 2), tmp_path / "m.onnx")
+    assert onnx_accuracy(path, images, labels, batch_size=64) == pytest.approx(200 / 300)
+
+    from nasflow.plugins.devices.litert import converter_available
+
+    if not converter_available():
+        pytest.skip("litert-torch is not installed: the .tflite half needs it")
+    from nasflow.flows.deploy import tflite_accuracy
+    from nasflow.plugins.devices.litert import convert_to_tflite
+
+    tflite = convert_to_tflite(model, (1, 3, 2, 2), tmp_path / "m.tflite")
+    assert stat.S_IMODE(tflite.stat().st_mode) == 0o666 & ~_umask()
+    assert tflite_accuracy(tflite, images, labels, batch_size=64) == pytest.approx(200 / 300)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
