@@ -249,3 +249,80 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ----------------------------------------------------------------------- growing and retrying runs
+
+
+def _search_spec(folder: Path, budget: int, **edits: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    # accuracy-only scores: latency-weighted ones are noisy, and the fresh run below must follow
+    # the same path as the grown one
+    text = tiny_spec_text(folder, name="grow", objectives="{reward: accuracy}",
+                          profile=False, train=False, morph=False, deploy=False)
+    text = _edit(text, "  budget: 6\n", f"  budget: {budget}\n")
+    for old, new in edits.items():
+        text = _edit(text, old, new)
+    path = folder / "spec.yaml"
+    path.write_text(text)
+    return path
+
+
+def _fail_candidate(registry_path: Path, cand_id: str, error: str) -> None:
+    """Leave the registry as a run leaves it when that candidate failed (its row failed, no numbers)."""
+    import duckdb
+
+    con = duckdb.connect(str(registry_path))
+    try:
+        con.execute("DELETE FROM measurements WHERE candidate_id = ?", [cand_id])
+        con.execute("UPDATE candidates SET status = 'failed', error = ?, accuracy = NULL, score = NULL, "
+                    "accuracy_source = NULL WHERE candidate_id = ?", [error, cand_id])
+    finally:
+        con.close()
+
+
+def test_a_larger_budget_continues_the_search_and_failed_candidates_are_retried(tmp_path):
+    from nasflow.flows.pipeline import run_spec
+    from nasflow.spec import load_spec
+
+    grown = tmp_path / "grown"
+    first = run_spec(load_spec(_search_spec(grown, 4)))
+    assert first.stages["search"]["distinct"] == 4 and first.stages["search"]["evaluated"] == 4
+    registry = Registry(grown / "registry.duckdb")
+    before = registry.get_candidates(first.run_id, stage="search")
+    assert len(before) == 4
+    failed = before[-1]
+    _fail_candidate(grown / "registry.duckdb", failed["candidate_id"], "torch-cpu: out of memory")
+
+    second = run_spec(load_spec(_search_spec(grown, 7)))
+    assert second.run_id == first.run_id and second.resumed
+    search = second.stages["search"]
+    assert (search["distinct"], search["reused"], search["retried"], search["evaluated"]) == (7, 3, 1, 4)
+    assert second.reused["search"] == 3 and "search 3" in second.resume_message
+    rows = registry.get_candidates(first.run_id, stage="search")
+    assert len(rows) == len({r["candidate_id"] for r in rows}) == 7
+    again = next(r for r in rows if r["candidate_id"] == failed["candidate_id"])
+    assert again["status"] == "ok" and again["accuracy"] == pytest.approx(failed["accuracy"])
+    assert again["extra"]["attempts"] == 2 and again["extra"]["last_error"] == "torch-cpu: out of memory"
+    assert len([m for m in registry.get_measurements([again["candidate_id"]]) if m["metric"] == "latency"]) == 2
+    _, runs = registry.query("SELECT count(*), max(spec_yaml) FROM runs")
+    assert runs[0][0] == 1 and "budget: 7" in runs[0][1]
+
+    # the grown search is the search a budget of 7 would have run from the start
+    fresh = run_spec(load_spec(_search_spec(tmp_path / "fresh", 7)))
+    fresh_rows = Registry(tmp_path / "fresh" / "registry.duckdb").get_candidates(fresh.run_id, stage="search")
+    assert [r["arch"] for r in fresh_rows] == [r["arch"] for r in before] + [r["arch"] for r in rows[4:]]
+    assert sorted(r["arch"] for r in fresh_rows) == sorted(r["arch"] for r in rows)
+    assert not fresh.resumed and fresh.resume_message is None
+
+
+def test_a_latency_cap_no_architecture_meets_is_refused_before_the_search(tmp_path):
+    from nasflow.flows.pipeline import run_spec
+    from nasflow.spec import load_spec
+
+    path = _search_spec(tmp_path, 4, **{"objectives: {reward: accuracy}": "objectives: {reward: accuracy, max_latency_ms: 0.0001}"})
+    with pytest.raises(SpecError, match=r"max_latency_ms 0.0001 ms cannot be met: the space's fastest architecture \(stem_"):
+        run_spec(load_spec(path))
+    registry = open_readonly(tmp_path / "registry.duckdb")
+    assert registry.query("SELECT count(*) FROM candidates")[1] == [(0,)]
+    assert registry.query("SELECT status FROM runs")[1] == [("failed",)]

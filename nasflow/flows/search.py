@@ -149,13 +149,13 @@ def latency_goal_warnings(
         )
     if cap is not None and cap < fastest * CAP_WARN_BELOW:
         messages.append(
-            f"objectives.max_latency_ms {cap:g} ms is at or below what the fastest architecture achieves ({where}): "
-            "few or no candidates will meet it, and only those are trained and deployed"
+            f"objectives.max_latency_ms {cap:g} ms is barely reachable: {where}; few or no candidates will meet "
+            "it, and only those are trained and deployed"
         )
     if target is not None and target * CAP_WARN_BELOW < fastest:
         messages.append(
-            f"objectives.target_ms {target:g} ms is below the latency of the space's fastest architecture ({where}): "
-            "the MnasNet reward penalises every candidate for latency; raise the target to one the space can reach"
+            f"objectives.target_ms {target:g} ms is out of reach: {where}; the MnasNet reward penalises every "
+            "candidate for latency; raise the target to one the space can reach"
         )
     return messages
 
