@@ -326,3 +326,145 @@ def test_a_latency_cap_no_architecture_meets_is_refused_before_the_search(tmp_pa
     registry = open_readonly(tmp_path / "registry.duckdb")
     assert registry.query("SELECT count(*) FROM candidates")[1] == [(0,)]
     assert registry.query("SELECT status FROM runs")[1] == [("failed",)]
+
+
+# ------------------------------------------------- real runs interrupted by SIGINT and SIGKILL, then resumed
+
+BUDGET, TOP_K = 9, 3
+
+
+def _counts(path: Path, run_id: str) -> dict[str, int] | None:
+    """Rows per stage (and train rows already timed) as a reader sees them now; None before the file exists."""
+    try:
+        reg = open_readonly(path, lock_timeout=10)
+        _, rows = reg.query(
+            "SELECT stage, count(*), count(score) FROM candidates WHERE run_id = ? GROUP BY stage", [run_id]
+        )
+    except Exception:  # the run has not created the registry and its tables yet
+        return None
+    counts = {stage: n for stage, n, _ in rows}
+    counts["train_timed"] = next((timed for stage, _, timed in rows if stage == "train"), 0)
+    return counts
+
+
+def _snapshot(path: Path, run_id: str) -> dict:
+    reg = open_readonly(path)
+    _, rows = reg.query("SELECT candidate_id, stage, status, score, extra FROM candidates WHERE run_id = ?", [run_id])
+    return {"run": reg.get_run(run_id), "stored_status": reg.query("SELECT status FROM runs WHERE run_id = ?", [run_id])[1],
+            "rows": {r[0]: {"stage": r[1], "status": r[2], "score": r[3], "extra": r[4]} for r in rows}}
+
+
+def _interrupt(spec: Path, registry: Path, run_id: str, when, sig: int, log: Path) -> dict:
+    """Run `nasflow run SPEC` until `when(counts)` holds, then send `sig`; the registry as left behind."""
+    out, err = log.with_suffix(".out"), log.with_suffix(".err")
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nasflow.cli", "run", str(spec)], stdout=stdout, stderr=stderr, cwd=spec.parent,
+            env=cli_env(), start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (exit {proc.returncode}) before it could be interrupted\n{err.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"the run never reached the point to interrupt it\n{err.read_text()[-3000:]}")
+            counts = _counts(registry, run_id)
+            if counts is not None and when(counts):
+                break
+            time.sleep(0.2)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground job
+        else:
+            os.kill(proc.pid, signal.SIGKILL)  # the run's process alone, as the OOM killer would
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`nasflow run` did not stop within 120 s of signal {sig}\n{err.read_text()[-3000:]}")
+    finally:
+        try:  # whatever the run left in its process group (the Prefect server) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    return {"returncode": proc.returncode, "stderr": err.read_text(), "counts": counts, **_snapshot(registry, run_id)}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """One spec run five times: SIGINT and SIGKILL mid-search, SIGINT and SIGKILL mid-train, then to the end."""
+    tmp = tmp_path_factory.mktemp("signals")
+    text = tiny_spec_text(tmp, name="signals", objectives="{reward: accuracy}", profile=False)
+    text = _edit(text, "  budget: 6\n", f"  budget: {BUDGET}\n")
+    # three models, two at a time, trained long enough to be caught between them
+    text = _edit(text, "train: {enabled: true, top_k: 1, config: {epochs: 2}}",
+                 f"train: {{enabled: true, top_k: {TOP_K}, config: {{epochs: 10}}}}")
+    spec = tmp / "signals.yaml"
+    spec.write_text(text)
+    run_id = parse_spec(text, check_plugins=False).run_id()
+    registry = tmp / "registry.duckdb"
+    steps = {}
+    steps["int_search"] = _interrupt(spec, registry, run_id, lambda c: c.get("search", 0) >= 1, signal.SIGINT, tmp / "1")
+    searched = len(steps["int_search"]["rows"])
+    steps["kill_search"] = _interrupt(spec, registry, run_id, lambda c: searched < c.get("search", 0) < BUDGET,
+                                      signal.SIGKILL, tmp / "2")
+    steps["int_train"] = _interrupt(spec, registry, run_id, lambda c: c.get("train", 0) >= 1, signal.SIGINT, tmp / "3")
+    trained = steps["int_train"]["counts"]["train"]
+    checkpoints = {cid: Path(r["extra"]["checkpoint"]).stat().st_mtime_ns
+                   for cid, r in steps["int_train"]["rows"].items() if r["stage"] == "train" and r["status"] == "ok"}
+    steps["kill_train"] = _interrupt(spec, registry, run_id, lambda c: c.get("train", 0) > trained, signal.SIGKILL, tmp / "4")
+    finished = subprocess.run([sys.executable, "-m", "nasflow.cli", "run", str(spec)], capture_output=True, text=True,
+                              cwd=tmp, env=cli_env(), timeout=600)
+    return {"registry": registry, "run_id": run_id, "steps": steps, "finished": finished, "checkpoints": checkpoints}
+
+
+def test_sigint_marks_the_run_interrupted_with_one_message(interrupted):
+    for step in ("int_search", "int_train"):
+        state = interrupted["steps"][step]
+        assert state["returncode"] == EXIT_INTERRUPTED, (step, state["stderr"][-3000:])
+        assert state["stored_status"] == [("interrupted",)] and state["run"]["error"] == "interrupted by the user"
+        lines = [line for line in state["stderr"].splitlines() if line.strip() and not line.startswith("warning: ")]
+        assert len(lines) == 1 and lines[0].startswith("interrupted") and "resume" in lines[0], state["stderr"][-3000:]
+
+
+def test_a_killed_run_says_its_process_ended(interrupted):
+    for step in ("kill_search", "kill_train"):
+        state = interrupted["steps"][step]
+        assert state["returncode"] == -signal.SIGKILL
+        assert state["stored_status"] == [("running",)]  # nothing could record it
+        assert state["run"]["status"] == "interrupted" and "ended without finishing the run" in state["run"]["error"]
+
+
+def test_interruptions_lose_only_the_work_in_flight(interrupted):
+    steps = interrupted["steps"]
+    order = ["int_search", "kill_search", "int_train", "kill_train"]
+    for earlier, later in zip(order, order[1:]):
+        kept = set(steps[earlier]["rows"])
+        assert kept <= set(steps[later]["rows"]), f"rows recorded before {earlier} were lost by {later}"
+    # each interruption came where it was meant to
+    assert steps["int_search"]["counts"]["search"] < BUDGET and steps["kill_search"]["counts"]["search"] < BUDGET
+    assert steps["int_train"]["counts"].get("train", 0) >= 1
+    assert steps["int_train"]["counts"]["train_timed"] == 0  # models are timed once all are trained: still training
+    # a model recorded before Ctrl-C was not trained again
+    reg = open_readonly(interrupted["registry"])
+    for cid, mtime in interrupted["checkpoints"].items():
+        row = next(r for r in reg.get_candidates(interrupted["run_id"], stage="train") if r["candidate_id"] == cid)
+        assert Path(row["extra"]["checkpoint"]).stat().st_mtime_ns == mtime, "a finished model was trained again"
+
+
+def test_the_same_spec_then_finishes_without_duplicates(interrupted):
+    result = interrupted["finished"]
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "resumed: finished work was reused" in result.stdout
+    reg = open_readonly(interrupted["registry"])
+    run = reg.get_run(interrupted["run_id"])
+    assert run["status"] == "finished" and run["error"] is None
+    _, totals = reg.query("SELECT count(*), count(DISTINCT candidate_id) FROM candidates")
+    assert totals[0][0] == totals[0][1]
+    _, per_stage = reg.query("SELECT stage, count(*), count(DISTINCT arch_hash) FROM candidates GROUP BY stage ORDER BY stage")
+    assert per_stage == [("morph", 1, 1), ("search", BUDGET, BUDGET), ("train", TOP_K, TOP_K)]
+    _, untimed = reg.query("SELECT count(*) FROM candidates WHERE status = 'ok' AND score IS NULL")
+    assert untimed == [(0,)]
+    _, measurements = reg.query("SELECT count(*), count(DISTINCT measurement_id) FROM measurements")
+    assert measurements[0][0] == measurements[0][1]
+    assert len(reg.get_artifacts(interrupted["run_id"])) == 1
