@@ -54,6 +54,7 @@ def test_full_pipeline_then_resume(tiny_spec):
     parent_ids = {c["candidate_id"] for c in registry.get_candidates(summary.run_id, stage="search")}
     assert train["parent_id"] in parent_ids and morph["parent_id"] == train["candidate_id"]
     assert morph["macs"] <= train["macs"]
+    assert morph["extra"]["same_arch_as_parent"] == (morph["arch_hash"] == train["arch_hash"])
 
     # where each accuracy came from: proxies in the search, held-out test accuracy after training
     search_rows = [r for r in registry.get_candidates(summary.run_id, stage="search") if r["status"] == "ok"]

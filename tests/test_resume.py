@@ -423,7 +423,7 @@ def test_sigint_marks_the_run_interrupted_with_one_message(interrupted):
         state = interrupted["steps"][step]
         assert state["returncode"] == EXIT_INTERRUPTED, (step, state["stderr"][-3000:])
         assert state["stored_status"] == [("interrupted",)] and state["run"]["error"] == "interrupted by the user"
-        lines = [line for line in state["stderr"].splitlines() if line.strip() and not line.startswith("warning: ")]
+        lines = [line for line in state["stderr"].splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("interrupted") and "resume" in lines[0], state["stderr"][-3000:]
 
 
@@ -468,3 +468,26 @@ def test_the_same_spec_then_finishes_without_duplicates(interrupted):
     _, measurements = reg.query("SELECT count(*), count(DISTINCT measurement_id) FROM measurements")
     assert measurements[0][0] == measurements[0][1]
     assert len(reg.get_artifacts(interrupted["run_id"])) == 1
+
+
+def test_a_failing_device_fails_the_candidate_only_when_it_drives_the_objective(tmp_path):
+    from nasflow.flows.context import RunContext
+    from nasflow.flows.evaluate import make_devices, measure_everywhere, model_for
+    from nasflow.flows.search import _candidate_row
+    from nasflow.space import LayerwiseSpace
+
+    from test_pipeline import FlakyDevice
+
+    spec = parse_spec(tiny_spec_text(tmp_path), check_plugins=False)
+    space = LayerwiseSpace(spec.space)
+    genome = space.sample(__import__("random").Random(0))
+    arch = space.to_arch(genome)
+    devices = {"torch-cpu": make_devices(spec.devices)["torch-cpu"], "flaky": FlakyDevice()}
+    measured, failures = measure_everywhere(devices, model_for(arch, spec.dataset), (1, 1, 8, 8))
+    assert [m.device for m in measured] == ["torch-cpu"] and failures == {"flaky": "flaky: lost the connection"}
+    trained = {"error": None, "accuracy": 0.5, "val_loss": 1.0, "train_epochs": 1, "train_seconds": 0.1}
+    row = _candidate_row(RunContext("r", spec), arch, genome, trained, measured, failures)
+    assert row["status"] == "ok" and row["score"] is not None
+    flaky_objective = spec.model_copy(update={"objectives": spec.objectives.model_copy(update={"device": "flaky"})})
+    row = _candidate_row(RunContext("r", flaky_objective), arch, genome, trained, measured, failures)
+    assert row["status"] == "failed" and row["error"] == "flaky: lost the connection"

@@ -25,7 +25,9 @@ from ..spec import Spec
 from ..train import evaluate
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, measure_everywhere
-from .records import candidate_id, checkpoint_path, device_failure_rows, measurement_rows, retried, stage_key
+from .records import (
+    candidate_id, checkpoint_path, device_failure_rows, measurement_rows, objective_failure, retried, stage_key,
+)
 from .selection import best_candidates, over_cap, with_latency
 from .train import current_train_rows, load_trained
 
@@ -113,8 +115,9 @@ def _child_row(ctx: RunContext, parent: dict, result: dict, devices) -> tuple[di
         "accuracy": result["accuracy"], "accuracy_source": "full", "test_accuracy": result["test_accuracy"],
         "val_loss": result["val_loss"],
     }
-    if spec.objective_device in failures:
-        row.update(status="failed", error=f"{spec.objective_device}: {failures[spec.objective_device]}")
+    error = objective_failure(spec.objective_device, failures)
+    if error:
+        row.update(status="failed", error=error)
     else:
         row.update(status="ok", score=score(result["accuracy"], latency_on(measured, spec.objective_device), spec.objectives))
     mrows = measurement_rows(cand_id, ctx.run_id, measured) + device_failure_rows(cand_id, ctx.run_id, failures)

@@ -56,6 +56,15 @@ def retried(row: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any
     return {**row, "extra": extra}
 
 
+def objective_failure(objective_device: str, failures: dict[str, str]) -> str | None:
+    """The candidate's error when the device that drives the objective has no number, else None
+    (other devices' failures are their own measurement rows)."""
+    reason = failures.get(objective_device)
+    if reason is None:
+        return None
+    return reason if reason.startswith(f"{objective_device}:") else f"{objective_device}: {reason}"
+
+
 def failed_measurement_row(
     cand_id: str, run_id: str, device: str, artifact_format: str, error: str, artifact_id: str | None = None
 ) -> dict[str, Any]:

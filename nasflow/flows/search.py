@@ -11,7 +11,6 @@ stopped. Candidates that failed are evaluated again on a re-run, and a success r
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 from prefect import flow
@@ -28,7 +27,7 @@ from .context import RunContext
 from .evaluate import arch_costs, latency_on, make_devices, model_for, train_in_parallel
 from .latency import LatencyModel, load_latency_models, time_candidates
 from .profile import smallest_genome
-from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, retried
+from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, objective_failure, retried
 
 STAGE = "search"
 
@@ -40,11 +39,6 @@ STALL_PROPOSALS = 200
 # candidate (the estimate is one noisy number, hence the margin); closer than that, a warning.
 # A target (soft, MnasNet) is only warned about, when clearly below the fastest.
 CAP_REFUSE_BELOW, CAP_WARN_BELOW = 2 / 3, 1.1
-
-
-class SearchWarning(UserWarning):
-    """The search is running, but its results mean less than they seem to (chance-level proxies,
-    an unreachable latency goal)."""
 
 
 def _candidate_row(
@@ -62,9 +56,7 @@ def _candidate_row(
         **arch_costs(arch, spec.dataset),
     }
     # Another device failing leaves its own failed measurement row; only the objective's decides.
-    error = trained.get("error") or (
-        f"{spec.objective_device}: {failures[spec.objective_device]}" if spec.objective_device in failures else None
-    )
+    error = trained.get("error") or objective_failure(spec.objective_device, failures)
     if error:
         row.update(status="failed", error=error, train_seconds=trained.get("train_seconds"))
         return row
@@ -161,7 +153,9 @@ def latency_goal_warnings(
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, SearchWarning, stacklevel=2)
+    """Say it on the progress channel now (stderr stays for the run's one error or interrupt line);
+    the run's summary repeats it at the end."""
+    reporter().message(f"warning: {message}")
 
 
 # ------------------------------------------------------------------ the stage

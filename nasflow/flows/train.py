@@ -24,7 +24,9 @@ from ..space import arch_hash, build_model, format_arch, parse_arch
 from ..spec import Spec
 from .context import RunContext
 from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, threads_per_task, train_candidates
-from .records import candidate_id, checkpoint_path, device_failure_rows, measurement_rows, retried, stage_key
+from .records import (
+    candidate_id, checkpoint_path, device_failure_rows, measurement_rows, objective_failure, retried, stage_key,
+)
 from .selection import best_candidates, over_cap, with_latency
 
 STAGE = "train"
@@ -105,8 +107,9 @@ def _timed_row(ctx: RunContext, row: dict, devices) -> tuple[dict, list[dict]]:
     model = load_trained(ctx, row["arch"], row["extra"]["checkpoint"])
     measured, failures = measure_everywhere(devices, model, load_dataset(spec.dataset).input_shape)
     timed = {**row, "status": "ok", "error": None}
-    if spec.objective_device in failures:  # trained, but without the number its score needs
-        timed.update(status="failed", error=f"{spec.objective_device}: {failures[spec.objective_device]}", score=None)
+    error = objective_failure(spec.objective_device, failures)
+    if error:  # trained, but without the number its score needs
+        timed.update(status="failed", error=error, score=None)
     else:
         timed["score"] = score(row["accuracy"], latency_on(measured, spec.objective_device), spec.objectives)
     mrows = measurement_rows(row["candidate_id"], ctx.run_id, measured)
