@@ -24,7 +24,7 @@ from ..progress import reporter
 from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
 from ..spec import Spec
 from .context import RunContext
-from .evaluate import arch_costs, latency_on, make_devices, model_for, train_in_parallel
+from .evaluate import arch_costs, describe_error, latency_on, make_devices, model_for, train_in_parallel
 from .latency import LatencyModel, load_latency_models, time_candidates
 from .profile import smallest_genome
 from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, objective_failure, retried
@@ -130,7 +130,10 @@ def latency_goal_warnings(
     target = objectives.target_ms if objectives.reward == "mnasnet" else None
     if objectives.max_latency_ms is None and target is None:
         return []
-    arch, fastest, source = fastest_latency(spec, space, devices, latency_models, data)
+    try:
+        arch, fastest, source = fastest_latency(spec, space, devices, latency_models, data)
+    except Exception as exc:  # the candidates' own timings will show the problem; the check is advice
+        return [f"the latency goal could not be checked before the search: {describe_error(exc)}"]
     where = f"the space's fastest architecture ({arch}) takes {fastest:.4g} ms on {spec.objective_device} ({source})"
     messages = []
     cap = objectives.max_latency_ms
