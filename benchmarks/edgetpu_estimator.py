@@ -49,6 +49,7 @@ from edgetpu_reference_models import (  # noqa: E402
     TABLE_NAMES,
 )
 
+import tables  # noqa: E402  (benchmarks/tables.py: the README rendering)
 from nasflow import edgetpu  # noqa: E402
 from nasflow.edgetpu import HOSTS, HostProfile, Layer, estimate_latency, tpu_seconds_terms  # noqa: E402
 
@@ -236,11 +237,49 @@ def print_report(results: dict) -> None:
             print(f"  fitted constants to store: {res['fitted_constants']}")
 
 
+def markdown(report: dict) -> str:
+    """The README's "Edge TPU estimator" block, from a report of this script."""
+    fixed, hosts = report["fixed_assumptions"], report["hosts"]
+    usb = hosts["usb3"]
+    intro = tables.paragraph(
+        f"The `edgetpu-model` device is analytical: {2 * fixed['peak_macs_per_s'] / 1e12:.0f} TOPS int8 peak with fitted",
+        "utilisation (dense vs depthwise convolutions), a fitted per-operator and per-inference cost,",
+        f"{fixed['param_cache_bytes'] / 2**20:.0f} MiB of the {fixed['sram_bytes'] / 2**20:.0f} MiB SRAM for parameters",
+        "with streaming of the rest over the host link, and CPU fallback from the first unsupported operator",
+        f"(squeeze-excite, hard-swish) onward. Its constants are fitted to {len(report['fit_set'])} models of Coral's",
+        f"published table ([Edge TPU performance benchmarks]({report['published_source_url']}), Table 1: int8 TFLite,",
+        f"model execution only) and checked on the other {len(report['holdout_set'])}. {usb['setting']}:",
+    )
+    roles = {"fit": "fit", "holdout": "hold-out"}
+    rows = [
+        [r["table_name"], roles[r["role"]], f"{r['published_ms']:g}", tables.significant(r["estimated_ms"]),
+         tables.signed_percent(r["rel_error"])]
+        for r in sorted(usb["models"], key=lambda r: (r["role"] != "fit", r["published_ms"]))
+    ]
+    summary = {host: res["summary"] for host, res in hosts.items()}
+
+    def errors(host: str) -> str:
+        parts = summary[host]
+        return ", ".join(tables.percent(parts[k]["median_abs_rel_error"]) for k in ("fit", "holdout", "leave_one_out"))
+
+    worst = sorted((r for r in usb["models"] if r["role"] == "holdout"), key=lambda r: -abs(r["rel_error"]))[:3]
+    closing = tables.paragraph(
+        f"Median absolute error, fit set, hold-out set and leave-one-out: {errors('usb3')}"
+        + (f" (Dev Board column: {errors('devboard')})." if "devboard" in summary else "."),
+        "The largest hold-out errors: "
+        + ", ".join(f"{r['table_name']} {tables.signed_percent(r['rel_error'])}" for r in worst) + ".",
+    )
+    return tables.blocks(intro, tables.table(["model", "role", "published ms", "estimated ms", "error"], rows), closing)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
     parser.add_argument("--quick", action="store_true", help="accepted for symmetry; this benchmark is always quick")
+    tables.add_markdown_option(parser)
     args = parser.parse_args(argv)
+    if args.markdown:
+        return tables.print_markdown("edgetpu_estimator", markdown, args.out)
 
     descriptions = {name: build() for name, build in REFERENCE_MODELS.items()}
     results = evaluate(descriptions)

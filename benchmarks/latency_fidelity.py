@@ -50,6 +50,7 @@ from nasflow.predictors import (
 )
 from nasflow.space import Arch, LayerwiseSpace, build_model, count_macs, format_arch
 
+import tables  # benchmarks/tables.py: the README rendering
 from machine import machine_info  # benchmarks/machine.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,94 @@ def bench_device(name: str, args: argparse.Namespace, space: LayerwiseSpace, wor
     return result
 
 
+PREDICTOR_NAMES = {"lut_sum": "LUT-sum", "calibrated": "calibrated"}
+
+
+def _device_label(name: str, device: dict[str, Any]) -> str:
+    threads = device["options"].get("threads")
+    return f"`{name}`" + (f" ({threads} thread{'s' if threads != 1 else ''})" if threads else "")
+
+
+def markdown(report: dict) -> str:
+    """The README's "Latency fidelity" block, from a report of this script."""
+    m, settings, targets, devices = report["machine"], report["settings"], report["targets"], report["devices"]
+    versions = [f"{dist} {m[dist]}" for dist in ("torch", "onnxruntime", "ai-edge-litert", "litert-torch") if m.get(dist)]
+    if "litert" in devices and "XNNPACK" in devices["litert"]["runtime"]:
+        versions = [v + " with XNNPACK" if v.startswith("ai-edge-litert") else v for v in versions]
+    parts = [tables.paragraph(
+        f"{settings['archs']} architectures per device, {settings['calibration_models']} calibration models,",
+        f"fastest of {settings['passes']} passes; {m['cpu_model']}, {m['logical_cores']} cores, {', '.join(versions)}:",
+    )]
+    rows = []
+    for name in sorted(devices):
+        d = devices[name]
+        low, high = d["latency_range_ms"]
+        entries = [(PREDICTOR_NAMES[k], d["predictors"][k]) for k in ("lut_sum", "calibrated")]
+        if "noise_floor" in d:
+            entries.append(("noise floor", d["noise_floor"]))
+        for i, (label, metric) in enumerate(entries):
+            cells = [label, tables.percent(metric["within_10pct"]), f"{metric['rmse_ms']:.4f} ms", f"{metric['kendall_tau']:.3f}"]
+            if name == targets["device"] and label == PREDICTOR_NAMES[targets["predictor"]]:
+                cells = [f"**{c}**" for c in cells]
+            first = [_device_label(name, d), f"{tables.significant(low)}-{tables.significant(high)} ms"] if i == 0 else ["", ""]
+            rows.append(first + cells)
+    parts.append(tables.table(["device", "measured range", "predictor", "within +-10 %", "RMSE", "Kendall tau"], rows))
+    target = devices.get(targets["device"])
+    sentences = []
+    if target is not None:
+        metric = target["predictors"][targets["predictor"]]
+        sentences.append(
+            f"Target ({targets['device']}, {targets['predictor']} predictor): at least {tables.percent(targets['within_10pct_min'], 0)}"
+            f" within +-10 % and Kendall tau at least {targets['kendall_tau_min']}:"
+            f" **{'met' if report['meets_target'] else 'not met'}** ({tables.percent(metric['within_10pct'])}, {metric['kendall_tau']:.3f})"
+            + (f"; the noise floor is {tables.percent(target['noise_floor']['within_10pct'])}, {target['noise_floor']['kendall_tau']:.3f}."
+               if "noise_floor" in target else ".")
+        )
+    sentences.append(f"For comparison, {report['anchor']}.")
+    if "litert" in devices:
+        d = devices["litert"]
+        lut, cal = d["predictors"]["lut_sum"], d["predictors"]["calibrated"]
+        sentences.append(
+            f"On litert LUT-sum ranks models with Kendall tau {lut['kendall_tau']:.3f} (calibrated: {cal['kendall_tau']:.3f}),"
+            f" but its mean relative error is {tables.percent(lut['mape'])}, so {tables.percent(lut['within_10pct'])} are within 10 %;"
+            f" the calibration's fitted constant is {1000 * d['calibration']['coefficients']['overhead']:+.1f} microseconds."
+        )
+    if "onnxruntime-cpu" in devices:
+        d = devices["onnxruntime-cpu"]
+        lut, cal = d["predictors"]["lut_sum"], d["predictors"]["calibrated"]
+        floor = f" against a noise floor of {tables.percent(d['noise_floor']['within_10pct'])}" if "noise_floor" in d else ""
+        sentences.append(
+            "On onnxruntime the plain sum counts the runtime's per-call cost (the empty operator's"
+            f" {1000 * d['calibration']['fit']['null_ms']:.0f} microseconds) once per operator and is"
+            f" {tables.percent(lut['mape'], 0)} too high on average; calibrated, {tables.percent(cal['within_10pct'])} are"
+            f" within 10 %{floor}."
+        )
+    if "torch-cpu" in devices and "noise_floor" in devices["torch-cpu"]:
+        d = devices["torch-cpu"]
+        low, high = d["latency_range_ms"]
+        sentences.append(
+            f"Eager PyTorch spans {tables.significant(low)}-{tables.significant(high)} ms across the space, and"
+            f" measurement noise caps the rank agreement (noise floor tau {d['noise_floor']['kendall_tau']:.3f})."
+        )
+    parts.append(tables.paragraph(*sentences))
+    lut_rows = []
+    for name in sorted(devices):
+        lut = devices[name]["lut"]
+        conversion = lut["conversion_seconds"]
+        lut_rows.append([
+            f"`{name}`", lut["entries"], f"{lut['build_seconds']:.0f} s",
+            f"{conversion:.0f} s" if conversion >= 0.5 else "-", f"{lut['timing_seconds']:.0f} s",
+            f"{devices[name]['evaluation_seconds']:.0f} s",
+        ])
+    parts.append(f"Time spent ({settings['passes']} passes per LUT operator; litert converts in worker processes, one per core):")
+    parts.append(tables.table(
+        ["device", "LUT operators", "LUT build", "of which converting", "of which timing",
+         f"measuring the {settings['archs']} architectures"],
+        lut_rows,
+    ))
+    return tables.blocks(*parts)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", default=",".join(DEFAULT_DEVICES), help="comma-separated device names")
@@ -193,8 +282,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-repeat", dest="repeat", action="store_false", help="skip the noise-floor remeasurement")
     parser.add_argument("--min-seconds", type=float, default=None, help="override the devices' min_seconds")
     parser.add_argument("--quick", action="store_true", help="CI size: 8 architectures, 4 calibration models, 1 pass")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output; with --markdown, the report to render")
+    tables.add_markdown_option(parser)
     args = parser.parse_args(argv)
+    if args.markdown:
+        return args
     args.device_names = [d.strip() for d in args.devices.split(",") if d.strip()]
     unknown = [d for d in args.device_names if d not in get_plugins().names("device")]
     if unknown:
@@ -207,6 +299,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.markdown:
+        return tables.print_markdown("latency_fidelity", markdown, args.out)
     space = LayerwiseSpace(SpaceConfig())
     plugins = get_plugins()
     report: dict[str, Any] = {

@@ -13,6 +13,7 @@ from .errors import NasflowError, RunInterrupted
 
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a command cut off by `| head`
 
 
 def _default_registry() -> str:
@@ -36,7 +37,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .console import RichReporter, arch_legend, front_table
+    from .console import arch_legend, front_table, make_reporter, print_table
     from .progress import using_reporter
     from .spec import load_spec
 
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     console = _console()
     console.print(f"[bold]nasflow {__version__}[/] running [cyan]{loaded.spec.name}[/] (run {loaded.spec.run_id()})")
-    with RichReporter(console) as rep, using_reporter(rep):
+    with make_reporter(console) as rep, using_reporter(rep):
         summary = run_spec(loaded)
     if summary.resume_message:
         console.print(summary.resume_message, soft_wrap=True)
@@ -53,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"warning: {note}", soft_wrap=True, highlight=False)
     counts = ", ".join(f"{stage} {n}" for stage, n in summary.counts.items())
     console.print(f"candidates in the registry for this run: {counts}")
-    console.print(front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))
+    print_table(console, front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))
     console.print(arch_legend(summary.front), soft_wrap=True, highlight=False)
     for artifact in summary.artifacts:
         status = "verified" if artifact["verified"] else "NOT verified"
@@ -67,18 +68,28 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    from .registry import format_csv, format_json, format_table, open_readonly
+    from .output_formats import WRITERS, row_count_line
+    from .readonly_sql import run_readonly_query
 
-    registry = open_readonly(args.registry)
-    columns, rows = registry.query(args.query)
-    formatter = {"table": format_table, "csv": format_csv, "json": format_json}[args.format]
-    sys.stdout.write(formatter(columns, rows).rstrip("\n") + "\n")
+    try:
+        with run_readonly_query(args.registry, args.query) as result:
+            shown = WRITERS[args.format](result.columns, result.rows(args.limit), sys.stdout)
+            more = result.count_remaining() if args.limit is not None else 0
+        if args.format == "table":
+            sys.stdout.write(row_count_line(shown, more) + "\n")
+        elif more:  # stdout stays valid CSV/JSON: the count of what was left out goes to stderr
+            print(f"note: {more} more row{'' if more == 1 else 's'} not shown (--limit {args.limit})", file=sys.stderr)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) stopped reading: stop quietly, like other commands in a pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE: what a shell reports for a command cut off by `| head`
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugins
-    from .registry import format_table
+    from .output_formats import format_table
 
     plugins = get_plugins()
     rows = [(p.kind, p.name, p.package, p.version, p.description) for p in plugins.list()]
@@ -88,7 +99,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_devices(args: argparse.Namespace) -> int:
     from .plugins import get_plugins
-    from .registry import format_table
+    from .output_formats import format_table
 
     rows = []
     for info in get_plugins().list("device"):
@@ -106,31 +117,33 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from .data import load_dataset
-    from .flows.evaluate import make_devices
-    from .flows.latency import profile_device
-    from .lut import device_fingerprint_hash
-    from .registry import Registry, format_table
-    from .spec import load_spec
+    from .spec import load_spec, with_options
 
     spec = load_spec(args.spec).spec
-    update: dict = {"lut": True}
+    options: dict = {("profile", "lut"): (None, True)}  # what the command is for: always on
     if args.calibrate is not None:
-        update["calibrate"] = args.calibrate
+        options[("profile", "calibrate")] = ("--calibrate", args.calibrate)
     if args.passes is not None:
-        update["passes"] = args.passes
-    profile = spec.profile.model_copy(update=update)
-    spec = spec.model_copy(update={"profile": type(profile).model_validate(profile.model_dump())})
+        options[("profile", "passes")] = ("--passes", args.passes)
+    spec = with_options(spec, options)
     chosen = [d for d in spec.devices if not args.device or d.name in args.device]
     unknown = sorted(set(args.device or []) - {d.name for d in spec.devices})
     if unknown:
         raise NasflowError(f"device(s) {', '.join(unknown)} not in the spec's devices ({', '.join(d.name for d in spec.devices)})")
+    from .console import make_reporter  # torch and Prefect: only once the command line is known to be good
+    from .data import load_dataset
+    from .flows.evaluate import make_devices
+    from .flows.latency import profile_device
+    from .lut import device_fingerprint_hash
+    from .progress import using_reporter
+    from .output_formats import format_table
+    from .registry import Registry
+
     data = load_dataset(spec.dataset)
     registry = Registry(spec.registry.path)
     rows = []
-    console = _console()
     for name, device in make_devices(chosen).items():
-        with console.status(f"profiling {name} (every operator of the space at every input shape)..."):
+        with make_reporter(_console()) as rep, using_reporter(rep):
             record = profile_device(registry, spec, device, data, refresh=args.refresh)
         fit = record.get("predictor_fit") or {}
         rows.append((
@@ -143,7 +156,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .console import arch_legend, front_table
+    from .console import arch_legend, front_table, print_table
     from .flows.pipeline import candidate_table
     from .objectives import pareto_front
     from .registry import open_readonly
@@ -161,13 +174,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     rows = table if args.all else pareto_front(table)
     title = f"run {args.run_id} ({run['status']}): {'all candidates' if args.all else 'Pareto front'}"
     console = _console()
-    console.print(front_table(rows, devices, spec.objective_device, title))
+    print_table(console, front_table(rows, devices, spec.objective_device, title))
     console.print(arch_legend(rows), soft_wrap=True, highlight=False)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage mistakes read like every other user mistake: one `error:` line, status 2.
+
+    Values that argparse accepts are then validated by the spec's own models (`with_options`).
+    """
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
+    parser = _Parser(prog="nasflow", description="Hardware-aware neural architecture search workflows.")
     parser.add_argument("--version", action="version", version=f"nasflow {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -179,10 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("sql", help="run a read-only SQL query against the results registry")
+    p = sub.add_parser("sql", help="run one read-only SQL statement (SELECT, DESCRIBE, ...) against the results registry")
     p.add_argument("query")
     p.add_argument("--registry", default=_default_registry(), help="registry file (default: $NASFLOW_REGISTRY or ./registry.duckdb)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="print only the first N rows, then how many more there were (csv/json: on stderr)")
     p.set_defaults(func=cmd_sql)
 
     p = sub.add_parser("plugins", help="list search strategies, devices and compressors")
@@ -196,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", action="append", help="only this device (repeatable; default: all of the spec's)")
     p.add_argument("--refresh", action="store_true", help="re-measure even when a LUT for this fingerprint exists")
     p.add_argument("--calibrate", type=int, metavar="N", help="also fit the calibrated predictor on N measured models")
-    p.add_argument("--passes", type=_positive_int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
+    p.add_argument("--passes", type=int, metavar="N", help="measure each operator N times, interleaved, keep the fastest (default: profile.passes)")
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")
@@ -207,8 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_WARNED: set[str] = set()
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"warning: {message}", file=sys.stderr)
+    # Python shows a warning once per place it is raised; a user needs each one once, full stop
+    # (plugin discovery may run again, e.g. after reset_plugins(), and warn from the same place).
+    text = str(message)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     except NasflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:
+        # The reader (`nasflow plugins | head`) stopped reading: stop quietly, as commands in a pipe do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from .strict import StrictModel
 
 
-class Section(BaseModel):
-    """Base for every spec section: unknown keys are errors, values are immutable after load."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Section(StrictModel):
+    """Base for every spec section: unknown keys are errors, values are immutable after load, and
+    numbers and booleans are taken as written (`budget: true` and `epochs: 2.5` are errors)."""
 
 
 class DatasetConfig(Section):
@@ -91,10 +92,10 @@ class DeviceConfig(PluginRef):
 
 
 class ObjectivesConfig(Section):
-    """How accuracy and latency are combined into one search score."""
+    """How accuracy and latency are combined into one search score (default: accuracy alone)."""
 
     device: str | None = Field(None, description="device whose latency drives the search (default: first device)")
-    reward: Literal["mnasnet", "accuracy"] = "mnasnet"
+    reward: Literal["mnasnet", "accuracy"] = "accuracy"
     target_ms: float | None = Field(None, gt=0, description="latency target T in ms (required for mnasnet)")
     alpha: float = Field(-0.07, description="exponent w when LAT <= T (MnasNet soft: -0.07, hard: 0)")
     beta: float = Field(-0.07, description="exponent w when LAT > T (MnasNet soft: -0.07, hard: -1)")
@@ -104,6 +105,15 @@ class ObjectivesConfig(Section):
     def _target_needed(self) -> "ObjectivesConfig":
         if self.reward == "mnasnet" and self.target_ms is None:
             raise ValueError("objectives.target_ms is required when objectives.reward is 'mnasnet'")
+        unused = sorted({"target_ms", "alpha", "beta"} & self.model_fields_set) if self.reward == "accuracy" else []
+        if unused:
+            # Without this, `objectives: {target_ms: 5}` would rank by accuracy alone and ignore the target.
+            keys = " and ".join(f"objectives.{key}" for key in unused)
+            default = "" if "reward" in self.model_fields_set else " (the default)"
+            raise ValueError(
+                f"{keys} {'apply' if len(unused) > 1 else 'applies'} only to reward 'mnasnet', but the reward is "
+                f"'accuracy'{default}; set `reward: mnasnet` or remove {'them' if len(unused) > 1 else 'it'}"
+            )
         return self
 
 

@@ -1,14 +1,23 @@
-"""Terminal presentation: progress bars per stage and result tables (used only by the CLI)."""
+"""Terminal presentation: progress bars per stage (or log lines off a terminal) and result tables (CLI only)."""
 
 from __future__ import annotations
 
+import math
+import threading
+import time
 from typing import Any
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .progress import Reporter
+
+
+def make_reporter(console: Console) -> Reporter:
+    """Progress bars on a terminal; the same events as plain log lines anywhere else (a file, CI, a pipe)."""
+    return RichReporter(console) if console.is_terminal else LogReporter(console)
 
 
 class RichReporter(Reporter):
@@ -49,7 +58,55 @@ class RichReporter(Reporter):
             self.progress.update(task, completed=total, description=f"[green]{summary}")
 
     def message(self, text: str) -> None:
-        self.progress.console.log(text) if self.console.is_terminal else None
+        self.progress.console.log(text, markup=False, highlight=False)
+
+
+class LogReporter(Reporter):
+    """Every stage start and end and every message as a timestamped line; advances of a long stage
+    at about `steps` evenly spaced points, so a 900-operator LUT does not print 900 lines."""
+
+    def __init__(self, console: Console, steps: int = 10):
+        self.console = console
+        self.steps = steps
+        self._lock = threading.Lock()
+        self._stages: dict[str, tuple[int | None, int]] = {}  # stage -> (total, done)
+
+    def __enter__(self) -> "LogReporter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def _line(self, text: str) -> None:
+        self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False, emoji=False, soft_wrap=True)
+
+    def stage_start(self, stage: str, total: int | None, description: str = "") -> None:
+        with self._lock:
+            self._stages[stage] = (total, 0)
+            size = f" ({total} steps)" if total is not None else ""
+            self._line(f"{stage:<8} started{size}{': ' + description if description else ''}")
+
+    def advance(self, stage: str, n: int = 1, info: str = "") -> None:
+        with self._lock:
+            if stage not in self._stages:
+                return
+            total, before = self._stages[stage]
+            done = before + n
+            self._stages[stage] = (total, done)
+            every = max(1, math.ceil(total / self.steps)) if total else 1
+            # An update that only carries news (an accuracy, a failure) is always shown.
+            if (n == 0 and info) or (n > 0 and (done // every > before // every or done == total)):
+                count = f"{done}/{total}" if total is not None else str(done)
+                self._line(f"{stage:<8} {count}{' ' + info if info else ''}")
+
+    def stage_end(self, stage: str, summary: str = "") -> None:
+        with self._lock:
+            if self._stages.pop(stage, None) is not None:
+                self._line(f"{stage:<8} done{': ' + summary if summary else ''}")
+
+    def message(self, text: str) -> None:
+        with self._lock:
+            self._line(text)
 
 
 def fmt_number(value: Any, digits: int = 4) -> str:
@@ -86,6 +143,21 @@ def front_table(rows: list[dict], devices: list[str], objective_device: str, tit
         f"front and score use {objective_device}"
     )
     return table
+
+
+def print_table(console: Console, table: Table) -> None:
+    """Print `table` at its natural width: fitted to a narrow console, rich would cut device names
+    in the headers and digits in the cells ("onnxru…", "1,234,…")."""
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    if needed <= console.width:
+        console.print(table)
+        return
+    width = console.width
+    console.width = needed
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
 
 
 def arch_legend(rows: list[dict]) -> str:

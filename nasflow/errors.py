@@ -29,6 +29,10 @@ class RegistryError(NasflowError):
     """The results registry cannot be opened, migrated, read or written."""
 
 
+class SqlRefused(RegistryError):
+    """A statement given to read-only SQL is not one reading statement, or reached outside the registry."""
+
+
 class ExportError(NasflowError):
     """Exporting or verifying a deployable artifact failed."""
 

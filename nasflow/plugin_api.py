@@ -8,9 +8,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from .errors import DeviceError
+from .strict import StrictModel
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
     import torch
@@ -25,10 +26,13 @@ Genome = tuple[int, ...]
 Source = Literal["measured", "lut", "predicted", "estimated"]
 
 
-class NoOptions(BaseModel):
-    """Options model for plugins that take none: any key is an error."""
+class PluginOptions(StrictModel):
+    """Base for a plugin's `Options` model: validated like spec keys (unknown keys are errors,
+    `threads: true` or `threads: 2.5` are not coerced, strings are paths for `Path` fields)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class NoOptions(PluginOptions):
+    """Options model for plugins that take none: any key is an error."""
 
 
 class Plugin(ABC):

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import decimal
-import io
 import json
-import math
 import numbers
 import os
 import random
@@ -15,7 +11,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -881,118 +876,6 @@ def _check_integral(table: str, column: str, values: list[Any]) -> None:
 
 
 # --- output formats --------------------------------------------------------------------------
+# They live in nasflow/output_formats.py (streaming writers too); re-exported for existing callers.
 
-
-def format_table(columns: list[str], rows: list[tuple]) -> str:
-    """Aligned plain-text table (numbers right-aligned, floats to 4 significant digits) with a row count."""
-    cells = [[_table_cell(v) for v in row] for row in rows]
-    widths = [len(c) for c in columns]
-    for row in cells:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    numeric = [_is_numeric_column(rows, i) for i in range(len(columns))]
-    lines = [_table_line(columns, widths, [False] * len(columns))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(_table_line(row, widths, numeric) for row in cells)
-    lines.append(f"({len(rows)} row{'' if len(rows) == 1 else 's'})")
-    return "\n".join(lines)
-
-
-def _table_line(cells: list[str], widths: list[int], right: list[bool]) -> str:
-    """One padded line of the text table."""
-    padded = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
-    return "  ".join(padded).rstrip()
-
-
-def _is_numeric_column(rows: list[tuple], index: int) -> bool:
-    """Whether every non-NULL value of the column is a number (bools are not)."""
-    values = [row[index] for row in rows if row[index] is not None]
-    return bool(values) and all(_is_number(v) for v in values)
-
-
-def _is_number(value: Any) -> bool:
-    """Numbers for alignment and rounding purposes: ints, floats, decimals, not bools."""
-    return isinstance(value, (numbers.Number, decimal.Decimal)) and not isinstance(value, bool)
-
-
-def _table_cell(value: Any) -> str:
-    """Text of one value in the plain-text table."""
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (float, decimal.Decimal)):
-        return _four_significant(float(value))
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    # Newlines (e.g. spec_yaml) would break the alignment of every following row.
-    return str(value).replace("\r", "\\r").replace("\n", "\\n")
-
-
-def _four_significant(value: float) -> str:
-    """A float to 4 significant digits, positional unless very small or very large."""
-    if value == 0:
-        return "0"
-    if not math.isfinite(value):
-        return str(value)
-    if 1e4 <= abs(value) < 1e15:
-        exponent = math.floor(math.log10(abs(value)))
-        return f"{round(value, 3 - exponent):.0f}"
-    return f"{value:.4g}"
-
-
-def format_csv(columns: list[str], rows: list[tuple]) -> str:
-    """CSV with a header row; NULL is empty, timestamps ISO 8601, JSON values as JSON text."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in rows:
-        writer.writerow([_csv_cell(v) for v in row])
-    return buffer.getvalue()
-
-
-def _csv_cell(value: Any) -> Any:
-    """Value of one CSV cell."""
-    if value is None:
-        return ""
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    return value
-
-
-def format_json(columns: list[str], rows: list[tuple]) -> str:
-    """A JSON list with one object per row; timestamps ISO 8601, NaN and infinities null."""
-    names = _unique_names(columns)
-    objects = [{n: _json_value(v) for n, v in zip(names, row)} for row in rows]
-    return json.dumps(objects, indent=2, allow_nan=False)
-
-
-def _unique_names(columns: list[str]) -> list[str]:
-    """Column names made unique (a_1, a_2, ...) so that no value is lost as a duplicate JSON key."""
-    seen: dict[str, int] = {}
-    names = []
-    for column in columns:
-        count = seen.get(column, 0)
-        seen[column] = count + 1
-        names.append(column if count == 0 else f"{column}_{count}")
-    return names
-
-
-def _json_value(value: Any) -> Any:
-    """A query value as something json.dumps writes faithfully and validly."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, decimal.Decimal):
-        return _json_value(float(value))
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, (uuid.UUID, bytes)):
-        return value.hex() if isinstance(value, bytes) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
+from nasflow.output_formats import format_csv, format_json, format_table  # noqa: E402, F401

@@ -27,6 +27,7 @@ from .config import (
     TrainStageConfig,
 )
 from .errors import NasflowError, SpecError
+from .strict import error_message
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -38,7 +39,7 @@ class Spec(Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     space: SpaceConfig = Field(default_factory=SpaceConfig)
     devices: list[DeviceConfig] = Field(default_factory=lambda: [DeviceConfig(name="torch-cpu")], min_length=1)
-    objectives: ObjectivesConfig = Field(default_factory=lambda: ObjectivesConfig(reward="accuracy"))
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     train: TrainStageConfig = Field(default_factory=TrainStageConfig)
@@ -163,16 +164,69 @@ def _format_loc(loc: tuple) -> str:
     return text or "(top level)"
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names the same key twice; YAML would silently keep the last value."""
+
+    def __init__(self, key: Any, first: yaml.Node, second: yaml.Node):
+        super().__init__(None, None, f"duplicate key {key!r}", second.start_mark)
+        self.key, self.first, self.second = key, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (merge keys `<<` still override)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: SafeLoader reports it itself
+                    continue
+                if first is not key_node:
+                    raise _DuplicateKey(key, first, key_node)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _path_of(root: yaml.Node, target: yaml.Node, prefix: tuple = ()) -> tuple | None:
+    """Field path (keys and indices) of the mapping that holds key node `target`."""
+    if isinstance(root, yaml.MappingNode):
+        for key_node, value_node in root.value:
+            if key_node is target:
+                return prefix + (key_node.value,)
+            found = _path_of(value_node, target, prefix + (key_node.value,))
+            if found is not None:
+                return found
+    elif isinstance(root, yaml.SequenceNode):
+        for index, item in enumerate(root.value):
+            found = _path_of(item, target, prefix + (index,))
+            if found is not None:
+                return found
+    return None
+
+
 def _parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+    loader = _StrictLoader(text)
+    node = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as exc:
+        path = _format_loc(_path_of(node, exc.second) or (exc.key,))
+        first, second = exc.first.start_mark, exc.second.start_mark
+        where = f"line {first.line + 1}" if first.line != second.line else f"column {first.column + 1} of this line"
+        raise SpecError(f"{source}:{second.line + 1}: {path}: duplicate key (also at {where}); give each key once") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         raise SpecError(f"{where}: malformed YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{source}: malformed YAML: {exc}") from None
+    finally:
+        loader.dispose()
     if data is None:
         raise SpecError(f"{source}: the spec is empty")
     if not isinstance(data, dict):
@@ -186,12 +240,7 @@ def _validation_messages(exc: ValidationError, lines: dict[tuple, int], source: 
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
         line = _line_for(lines, loc)
         where = f"{source}:{line}" if line else source
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "missing":
-            msg = "required key is missing"
-        messages.append(f"{where}: {_format_loc(loc)}: {msg}")
+        messages.append(f"{where}: {_format_loc(loc)}: {error_message(err)}")
     return messages
 
 
@@ -258,6 +307,34 @@ def parse_spec(text: str, source: str = "<spec>", check_plugins: bool = True) ->
         if problems:
             raise SpecError("\n".join(problems))
     return spec
+
+
+def with_options(spec: Spec, options: dict[tuple[str, ...], tuple[str | None, Any]]) -> Spec:
+    """`spec` with keys set from command-line options, validated exactly as the YAML's keys are.
+
+    `options` maps a field path, e.g. ("profile", "passes"), to the option that set it and its
+    value, e.g. ("--passes", 0) (None: set by the command itself); a SpecError names the option:
+    "--passes 0: profile.passes: ...".
+    """
+    data = spec.model_dump()
+    for path, (_, value) in options.items():
+        section = data
+        for key in path[:-1]:
+            section = section[key]
+        section[path[-1]] = value
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as exc:
+        messages = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+            # A field's own error names its option; a section-level check names every option set in it.
+            flags = [f"{flag} {value}" for path, (flag, value) in options.items() if flag and path[: len(loc)] == loc]
+            field = _format_loc(loc)
+            message = error_message(err)
+            text = message if message.startswith(field) else f"{field}: {message}"
+            messages.append(f"{', '.join(flags) or 'command line'}: {text}")
+        raise SpecError("\n".join(messages)) from None
 
 
 def load_spec(path: str | Path, check_plugins: bool = True) -> LoadedSpec:

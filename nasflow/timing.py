@@ -48,9 +48,9 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from .plugin_api import LatencyStats
+from .plugin_api import LatencyStats, PluginOptions
 
 OUTLIER_MADS = 5.0
 MAD_FLOOR = 0.01  # fraction of the median; keeps identical timings from all becoming outliers
@@ -173,10 +173,8 @@ def _next_round_size(taken: int, cap: int, per_call_ns: float, left_ns: float) -
     return max(1, min(want, cap, fits))
 
 
-class TimingOptions(BaseModel):
+class TimingOptions(PluginOptions):
     """Stop rule and contention handling shared by device backends that time calls one by one."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     warmup: int = Field(5, ge=0, description="untimed calls before timing starts")
     min_runs: int = Field(10, ge=1, description="timed calls before the stop rule may fire")

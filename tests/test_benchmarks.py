@@ -44,8 +44,11 @@ def test_report_describes_machine_settings_and_targets(bench):
     settings = report["settings"]
     assert settings["quick"] is True
     assert settings["candidates"] == CANDIDATES and settings["batch_sizes"] == BATCH_SIZES
-    assert report["targets"] == {"overhead_ms_per_candidate_max": 20.0, "candidate_rows_per_second_min": 10_000.0}
-    assert set(report["meets_target"]) == {"overhead_ms_per_candidate", "candidate_rows_per_second"}
+    assert report["targets"] == {
+        "overhead_ms_per_candidate_max": 20.0, "candidate_rows_per_second_min": 10_000.0,
+        "quickstart_seconds_to_first_candidate_max": 10.0,
+    }
+    assert set(report["meets_target"]) == {"overhead_ms_per_candidate", "candidate_rows_per_second", "quickstart_first_candidate"}
     assert all(isinstance(v, bool) for v in report["meets_target"].values())
 
 
@@ -84,6 +87,36 @@ def test_first_candidate_timeline_is_ordered(bench):
     assert first["first_batch_candidates"] >= 1
 
 
+def test_quickstart_is_timed_with_its_own_server_and_with_a_running_one(bench):
+    report, _ = bench
+    quick = report["quickstart_first_candidate"]
+    assert quick["target_seconds"] == 10.0
+    for label, url_set in (("ephemeral_server", False), ("running_server", True)):
+        entry = quick[label]
+        assert entry["prefect_api_url_set"] is url_set
+        assert entry["run_status"] == "interrupted" and entry["let_finish"] is False  # stopped after the first row
+        assert entry["meets_target"] == (entry["seconds_to_first_candidate"] <= 10.0)
+        events = [e["event"] for e in entry["timeline"]]
+        assert events[0] == "process started" and events[-1] == "first candidate row recorded"
+        assert {"profile flow run started", "search flow run started"} <= set(events)
+        times = [e["seconds_from_start"] for e in entry["timeline"]]
+        assert times == sorted(times) and times[-1] == pytest.approx(entry["seconds_to_first_candidate"])
+        assert entry["first_batch_candidates"] == 4  # the quickstart's search batch
+    assert report["meets_target"]["quickstart_first_candidate"] == quick["ephemeral_server"]["meets_target"]
+
+
+def test_markdown_renders_the_report_just_written(bench, tmp_path):
+    report, _ = bench
+    path = tmp_path / "engine_overhead.json"
+    path.write_text(json.dumps(report))
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--markdown", "--out", str(path)], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for fragment in ("| search batch |", "quickstart", "`PREFECT_API_URL` set", "| candidates | how |"):
+        assert fragment in result.stdout, fragment
+
+
 def test_registry_append_rates(bench):
     report, _ = bench
     entries = report["registry_append"]
@@ -99,5 +132,5 @@ def test_registry_append_rates(bench):
 
 def test_table_is_printed(bench):
     _, stdout = bench
-    for heading in ("1. Orchestration", "2. `nasflow run`", "3. Registry appends", "ms/cand", "candidate rows/s"):
+    for heading in ("1. Orchestration", "2. `nasflow run`", "2b. `nasflow run examples/quickstart.yaml`", "3. Registry appends", "ms/cand", "candidate rows/s"):
         assert heading in stdout

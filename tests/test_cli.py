@@ -319,6 +319,21 @@ def test_ctrl_c_stops_the_run_with_one_message(story):
     assert len(story.after_interrupt["candidate_ids"]) >= story.seen_while_running
 
 
+LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (\S+) +(.*)$")
+
+
+def test_progress_is_printed_as_log_lines_when_stdout_is_not_a_terminal(story):
+    lines = [m.groups() for m in map(LOG_LINE.match, story.resumed.stdout.splitlines()) if m]
+    stages = {stage for stage, _ in lines}
+    assert {"search", "train", "morph"} <= stages, story.resumed.stdout
+    assert ("train", "started (2 steps): 1 candidates x 2 epochs") in lines, story.resumed.stdout
+    # the train bar counts epochs, advanced from the training task's worker thread as each one ends
+    epochs = [text for stage, text in lines if stage == "train" and " epoch " in text]
+    assert [e.split()[0] for e in epochs] == ["1/2", "2/2"], epochs
+    assert all(re.fullmatch(r"\d/2 [0-9a-f]{8} epoch \d/2, loss \S+", e) for e in epochs), epochs
+    assert any(stage == "train" and text.startswith("done:") for stage, text in lines)
+
+
 def test_rerun_resumes_without_duplicates(story):
     result = story.resumed
     assert result.returncode == 0, result.stderr[-5000:]
@@ -348,6 +363,7 @@ def test_report_prints_the_front(story):
     assert "Traceback" not in result.stderr
     assert f"run {story.run_id} (finished): Pareto front" in result.stdout
     assert "accuracy" in result.stdout and "params" in result.stdout
+    assert "torch-cpu ms" in result.stdout and "onnxruntime-cpu ms" in result.stdout  # never cut to fit 80 columns
     front = legend(result.stdout)
     reg = open_readonly(story.registry)
     _, ok = reg.query("SELECT arch FROM candidates WHERE run_id = ? AND status = 'ok'", [story.run_id])
@@ -393,5 +409,108 @@ def test_profile_times_each_operator_in_passes_and_reuses_the_lut(tmp_path):
     assert rows[0][0] > 0
     again = nasflow("profile", spec, "--device", "torch-cpu")
     assert again.returncode == 0 and "reused" in again.stdout
+    assert re.search(r"^\d\d:\d\d:\d\d lut +started \(\d+ steps\): torch-cpu: each operator x 2 pass", first.stdout, re.M), first.stdout
+    assert re.search(r"^\d\d:\d\d:\d\d lut +done: torch-cpu: ready", first.stdout, re.M), first.stdout
     bad = nasflow("profile", spec, "--passes", "0")
-    assert bad.returncode == EXIT_ERROR and "must be at least 1" in bad.stderr
+    assert_clean_error(bad, "--passes 0: profile.passes: Input should be greater than or equal to 1")
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["--calibrate", "1"], ["--calibrate 1: profile.calibrate must be 0 or at least 2"]),
+        (["--calibrate", "-2"], ["--calibrate -2: profile.calibrate: Input should be greater than or equal to 0"]),
+        (["--passes", "x"], ["argument --passes: invalid int value: 'x'", "nasflow profile --help"]),
+        (["--passes", "2.5"], ["argument --passes: invalid int value: '2.5'"]),
+        (["--device", "tpu9"], ["device(s) tpu9 not in the spec's devices (torch-cpu, onnxruntime-cpu)"]),
+    ],
+)
+def test_bad_profile_options_are_one_error_line(tmp_path, args, fragments):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(tiny_spec_text(tmp_path))
+    assert_clean_error(nasflow("profile", spec, *args), *fragments)
+    assert not (tmp_path / "registry.duckdb").exists(), "work started although the command line was refused"
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        ([], "the following arguments are required: command"),
+        (["frobnicate"], "argument command: invalid choice: 'frobnicate'"),
+        (["validate"], "the following arguments are required: spec"),
+        (["profile"], "the following arguments are required: spec"),
+        (["report"], "the following arguments are required: run_id"),
+        (["sql", "SELECT 1", "--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["plugins", "--colour"], "unrecognized arguments: --colour"),
+    ],
+)
+def test_bad_command_lines_are_one_error_line(args, fragment):
+    result = nasflow(*args)
+    assert_clean_error(result, fragment)
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_front_table_never_cuts_device_names_or_numbers():
+    from rich.console import Console
+
+    from nasflow.console import front_table, print_table
+
+    devices = ["torch-cpu", "onnxruntime-cpu", "edgetpu-model"]
+    row = {"stage": "search", "accuracy": 0.91234, "params": 12345, "macs": 1234567, "score": 0.8,
+           "latency": {"torch-cpu": {"median_ms": 0.123, "source": "measured"},
+                       "onnxruntime-cpu": {"median_ms": 0.0456, "source": "lut"},
+                       "edgetpu-model": {"median_ms": 1.5, "source": "estimated"}}}
+    for width in (40, 80, 200):
+        out = io.StringIO()
+        console = Console(file=out, width=width, force_terminal=False)
+        print_table(console, front_table([row], devices, "torch-cpu", "front"))
+        text = out.getvalue()
+        for needed in ("torch-cpu ms", "onnxruntime-cpu ms", "edgetpu-model ms", "accuracy", "1,234,567", "12,345",
+                       "0.9123", "0.0456 (lut)", "1.5 (estimated)"):
+            assert needed in text, (width, needed, text)
+        assert "…" not in text, text  # rich's ellipsis
+        assert console.width == width  # the console is left as it was
+
+
+# ------------------------------------------------------------------------------------ progress
+
+
+def _advance_elsewhere(channel) -> bool:
+    return channel.advance(1, "from another process")
+
+
+def test_progress_reaches_the_reporter_from_worker_threads_and_degrades_in_other_processes():
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rich.console import Console
+
+    from nasflow.console import LogReporter
+    from nasflow.progress import progress_channel, using_reporter
+
+    out = io.StringIO()
+    rep = LogReporter(Console(file=out, force_terminal=False, width=200))
+    with using_reporter(rep):
+        rep.stage_start("train", 4, "2 candidates x 2 epochs")
+        with progress_channel("train") as channel:
+            # a bare thread pool carries no context variables: the channel must not depend on them
+            with ThreadPoolExecutor(2) as pool:
+                delivered = list(pool.map(lambda i: channel.advance(1, f"epoch {i}"), range(3)))
+            with multiprocessing.get_context("spawn").Pool(1) as procs:
+                elsewhere = procs.apply(_advance_elsewhere, (channel,))
+        assert not channel.advance(1, "after the stage closed it")
+        rep.advance("train", 1, "caught up when the result came back")
+        rep.stage_end("train", "2 trained")
+    assert delivered == [True, True, True] and elsewhere is False
+    lines = [LOG_LINE.match(line).groups() for line in out.getvalue().splitlines()]
+    assert [text.split()[0] for stage, text in lines[1:-1]] == ["1/4", "2/4", "3/4", "4/4"], lines
+    assert lines[-1] == ("train", "done: 2 trained")
+
+
+def test_a_closed_pipe_ends_a_command_quietly():
+    proc = subprocess.Popen([sys.executable, "-m", "nasflow.cli", "plugins"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=cli_env())
+    proc.stdout.close()  # as `| head` does once it has what it wants
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr

@@ -165,3 +165,133 @@ def test_tflite_deploy_needs_the_litert_packages_and_says_how_to_get_them(monkey
     monkeypatch.undo()
     with pytest.raises(SpecError, match="deploy.formats"):
         parse_spec(GOOD + "deploy: {formats: [tflite_int8]}\n", "s.yaml")  # not a format (yet)
+
+
+# ------------------------------------------------------------------------------ strict YAML
+
+
+@pytest.mark.parametrize(
+    "text, line, first, path",
+    [
+        ("name: demo\nsearch:\n  budget: 4\n  batch_size: 2\n  budget: 8\n", 5, "line 3", "search.budget"),
+        ("name: demo\nname: other\n", 2, "line 1", "name"),
+        ("name: demo\ndevices:\n  - name: torch-cpu\n    options:\n      threads: 1\n      threads: 2\n", 6, "line 5",
+         "devices[0].options.threads"),
+        ("name: demo\ntrain: {config: {epochs: 1, epochs: 2}}\n", 2, "column 18 of this line", "train.config.epochs"),
+    ],
+)
+def test_duplicate_keys_are_errors_naming_both_places(text, line, first, path):
+    with pytest.raises(SpecError) as err:
+        parse_spec(text, "s.yaml")
+    assert str(err.value) == f"s.yaml:{line}: {path}: duplicate key (also at {first}); give each key once"
+
+
+def test_yaml_merge_keys_may_still_be_overridden():
+    text = "name: demo\ntrain:\n  config: &base {epochs: 3, lr: 0.1}\nmorph: {enabled: false}\n"
+    assert parse_spec(text).train.config.epochs == 3
+    merged = "name: demo\nsearch:\n  proxy: {<<: {epochs: 3, subset: 0.5}, epochs: 1}\n"
+    proxy = parse_spec(merged).search.proxy
+    assert (proxy.epochs, proxy.subset) == (1, 0.5)
+
+
+@pytest.mark.parametrize(
+    "edit, line, message",
+    [
+        (("budget: 4", "budget: true"), 7, "search.budget: Input should be a valid integer, got true"),
+        (("budget: 4", "budget: 4.0"), 7, "search.budget: Input should be a valid integer, got 4.0"),
+        (("budget: 4", "budget: 2.5"), 7, "search.budget: Input should be a valid integer, got 2.5"),
+        (("budget: 4", 'budget: "3"'), 7, "search.budget: Input should be a valid integer, got '3'"),
+        (("budget: 4", "budget: 4\n  enabled: 1"), 8, "search.enabled: Input should be a valid boolean, got 1"),
+        (("budget: 4", "budget: 4\n  enabled: 'yes'"), 8, "search.enabled: Input should be a valid boolean, got 'yes'"),
+        (("target_ms: 1.0", "target_ms: true"), 11, "objectives.target_ms: Input should be a valid number, got true"),
+    ],
+)
+def test_numbers_and_booleans_are_not_coerced(edit, line, message):
+    old, new = edit
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD.replace(old, new), "s.yaml")
+    assert f"s.yaml:{line}: {message}" in str(err.value)
+
+
+def test_a_boolean_is_not_a_literal_number():
+    with pytest.raises(SpecError, match=r"s.yaml:13: space.stem_stride: Input should be 1 or 2, not true"):
+        parse_spec(GOOD + "space:\n  stem_stride: true\n", "s.yaml")
+    with pytest.raises(SpecError, match=r"space.kernels: Input should be 3, 5 or 7, not true"):
+        parse_spec(GOOD + "space: {kernels: [3, true]}\n", "s.yaml")
+
+
+def test_floats_take_integers_and_paths_take_strings():
+    from pathlib import Path
+
+    text = GOOD + textwrap.dedent("""\
+        train: {config: {lr: 1, momentum: 0}}
+        dataset: {val_split: 0.5, cache_dir: here/cache}
+        registry: {path: results/reg.duckdb}
+        deploy: {out_dir: out}
+        execution: {work_dir: work}
+        """)
+    spec = parse_spec(text.replace("target_ms: 1.0", "target_ms: 2"))
+    assert spec.train.config.lr == 1.0 and isinstance(spec.train.config.lr, float)
+    assert spec.objectives.target_ms == 2.0 and isinstance(spec.objectives.target_ms, float)
+    assert spec.dataset.cache_dir == Path("here/cache") and spec.registry.path == Path("results/reg.duckdb")
+    assert spec.deploy.out_dir == Path("out") and spec.execution.work_dir == Path("work")
+
+
+def test_plugin_options_are_as_strict_as_spec_keys():
+    from pathlib import Path
+
+    from nasflow.errors import PluginError
+    from nasflow.plugin_api import PluginOptions
+    from nasflow.plugins import get_plugins
+
+    plugins = get_plugins()
+    for info in plugins.list():
+        assert issubclass(info.cls.Options, PluginOptions), f"{info.kind} {info.name}: Options is not a PluginOptions"
+    for bad in ({"threads": True}, {"threads": 2.5}, {"threads": "2"}):
+        with pytest.raises(PluginError, match="threads: Input should be a valid integer"):
+            plugins.options("device", "torch-cpu", bad)
+    assert plugins.options("device", "torch-cpu", {"min_seconds": 0}).min_seconds == 0.0
+    assert plugins.options("device", "litert", {"cache_dir": "tfl"}).cache_dir == Path("tfl")
+    with pytest.raises(PluginError, match="population_size: Input should be a valid integer, got true"):
+        plugins.options("search", "evolution", {"population_size": True})
+    with pytest.raises(PluginError, match="reg_epochs: Input should be a valid integer, got 1.5"):
+        plugins.options("compressor", "morphnet", {"reg_epochs": 1.5})
+    with pytest.raises(SpecError, match=r"s.yaml:4: devices\[0\].options: .*threads: Input should be a valid integer, got true"):
+        parse_spec(GOOD.replace("threads: 1", "threads: true"), "s.yaml")
+
+
+# ------------------------------------------------------------------------------ objectives
+
+
+def test_leaving_out_objectives_equals_an_empty_mapping():
+    from nasflow.config import ObjectivesConfig
+
+    omitted = parse_spec("name: demo\n")
+    empty = parse_spec("name: demo\nobjectives: {}\n")
+    assert omitted.objectives == empty.objectives == ObjectivesConfig()
+    assert omitted.run_id() == empty.run_id()
+    assert omitted.objectives.reward == "accuracy"
+
+
+def test_mnasnet_settings_without_the_mnasnet_reward_are_refused():
+    with pytest.raises(SpecError, match=r"s.yaml:2: objectives: objectives.target_ms applies only to reward 'mnasnet'.*\(the default\)"):
+        parse_spec("name: demo\nobjectives: {target_ms: 2}\n", "s.yaml")
+    with pytest.raises(SpecError, match=r"objectives.alpha and objectives.beta apply only to reward 'mnasnet'"):
+        parse_spec("name: demo\nobjectives: {reward: accuracy, alpha: 0, beta: -1}\n", "s.yaml")
+    with pytest.raises(SpecError, match="objectives.target_ms is required when objectives.reward is 'mnasnet'"):
+        parse_spec("name: demo\nobjectives: {reward: mnasnet}\n", "s.yaml")
+    capped = parse_spec("name: demo\nobjectives: {max_latency_ms: 3}\n").objectives
+    assert capped.reward == "accuracy" and capped.max_latency_ms == 3.0
+
+
+def test_readme_states_the_default_reward():
+    from pathlib import Path
+
+    from nasflow.config import ObjectivesConfig
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `objectives.reward` |"))
+    default = ObjectivesConfig.model_fields["reward"].default
+    assert row.split("|")[2].strip() == f"`{default}`", row
+    section = next(line for line in readme.splitlines() if line.startswith("| **`objectives`** |"))
+    assert f"`{default}`" in section, section

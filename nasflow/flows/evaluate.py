@@ -18,8 +18,8 @@ from ..data import load_dataset
 from ..errors import NasflowError
 from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
-from ..progress import reporter
-from ..space import Arch, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
+from ..progress import ProgressChannel, reporter
+from ..space import Arch, arch_hash, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
 
 
 def threads_per_task(workers: int) -> int:
@@ -68,25 +68,39 @@ def train_one(
     subset: float,
     checkpoint: str | None = None,
     test: bool = False,
+    progress: ProgressChannel | None = None,
 ) -> dict[str, Any]:
     """Train one architecture (proxy or full) and return its validation metrics (and test accuracy
-    with `test`: proxies never look at the test split); never raises."""
+    with `test`: proxies never look at the test split); never raises.
+
+    With `progress`, each finished epoch advances that stage; `epochs_reported` in the result
+    says how many advances reached it (0 in another process: the stage catches up on the result).
+    """
     from ..train import evaluate, train_model
 
     start = time.perf_counter()
+    reported = 0
+
+    def on_epoch(done: int, total: int, loss: float) -> None:
+        nonlocal reported
+        if progress is not None and progress.advance(1, f"{arch_hash(arch)[:8]} epoch {done}/{total}, loss {loss:.3g}"):
+            reported += 1
+
     try:
         data = load_dataset(dataset_cfg)
         model = model_for(parse_arch(arch), dataset_cfg, train_cfg.seed)
-        result = train_model(model, data, train_cfg, epochs=epochs, subset=subset)
+        result = train_model(model, data, train_cfg, epochs=epochs, subset=subset, progress=on_epoch)
         test_accuracy = evaluate(model, data, split="test")[0] if test else None
         if checkpoint:
             Path(checkpoint).parent.mkdir(parents=True, exist_ok=True)
             torch.save(model.state_dict(), checkpoint)
     except Exception as exc:  # one bad candidate must not stop the search
-        return {"arch": arch, "error": describe_error(exc), "train_seconds": time.perf_counter() - start}
+        return {"arch": arch, "error": describe_error(exc), "train_seconds": time.perf_counter() - start,
+                "epochs_reported": reported}
     return {
         "arch": arch,
         "error": None,
+        "epochs_reported": reported,
         "accuracy": result.val_accuracy,
         "test_accuracy": test_accuracy,
         "val_loss": result.val_loss,
@@ -105,11 +119,12 @@ def train_candidates(
     threads: int,
     checkpoints: list[str | None] | None = None,
     test: bool = False,
+    progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
     """Train a chunk of architectures one after another on one worker; results in input order."""
     torch.set_num_threads(threads)
     checkpoints = checkpoints or [None] * len(archs)
-    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test) for a, c in zip(archs, checkpoints)]
+    return [train_one(a, dataset_cfg, train_cfg, epochs, subset, c, test, progress) for a, c in zip(archs, checkpoints)]
 
 
 def train_in_parallel(
@@ -121,11 +136,13 @@ def train_in_parallel(
     workers: int,
     checkpoints: list[str | None] | None = None,
     test: bool = False,
+    progress: ProgressChannel | None = None,
 ) -> list[dict[str, Any]]:
     """Fan `archs` out over the flow's task runner as one task per worker, not per candidate.
 
     A Prefect task run costs milliseconds of orchestration (API calls, state changes); chunking
     keeps that per-batch, so cheap candidates are not dominated by it. Results keep input order.
+    `progress` is advanced once per finished epoch (see `train_one`).
     """
     if not archs:
         return []
@@ -140,6 +157,7 @@ def train_in_parallel(
         unmapped(threads_per_task(workers)),
         [[checkpoints[i] for i in chunk] for chunk in chunks],
         unmapped(test),
+        unmapped(progress),
     )
     results: list[dict[str, Any]] = [{}] * len(archs)
     for chunk, future in zip(chunks, futures):

@@ -15,7 +15,7 @@ from ..errors import DeviceError
 from ..lut import device_batch_size, device_fingerprint_hash, load_or_build_lut, stored_lut
 from ..plugin_api import DeviceBackend, LatencyStats, Measurement
 from ..predictors import CalibratedLutPredictor, DriftMonitor, LutSumPredictor, calibrate
-from ..progress import reporter
+from ..progress import reporter, stage_counter
 from ..registry import Registry
 from ..space import Arch, LayerwiseSpace
 from ..spec import Spec
@@ -43,11 +43,10 @@ def profile_device(registry: Registry, spec: Spec, device: DeviceBackend, data: 
     rep = reporter()
     space = LayerwiseSpace(spec.space)
     geometry = (data.in_channels, data.num_classes, data.image_size)
+    passes = spec.profile.passes
     table, built = load_or_build_lut(
-        registry, device, space, *geometry, refresh=refresh, passes=spec.profile.passes,
-        progress=lambda done, total: rep.message(
-            f"{device.name}: LUT timed ({total} measurements, {spec.profile.passes} pass(es))"
-        ) if done == total and total else None,
+        registry, device, space, *geometry, refresh=refresh, passes=passes,
+        progress=stage_counter("lut", f"{device.name}: each operator x {passes} pass(es)", rep, f"{device.name}: ready"),
     )
     record: dict[str, Any] = {"lut_entries": len(table), "lut_built": built}
     if spec.profile.calibrate:
@@ -57,7 +56,10 @@ def profile_device(registry: Registry, spec: Spec, device: DeviceBackend, data: 
             record.update(predictor=str(path), predictor_reused=True, predictor_fit=stored.get("fit", {}))
             return record
         predictor, archs, measured = calibrate(
-            device, space, table, *geometry, n=spec.profile.calibrate, passes=spec.profile.passes
+            device, space, table, *geometry, n=spec.profile.calibrate, passes=passes,
+            progress=stage_counter(
+                "calibrate", f"{device.name}: whole models x {passes} pass(es)", rep, f"{device.name}: {{total}} timings"
+            ),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(predictor.to_dict()))

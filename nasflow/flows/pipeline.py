@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,15 +11,19 @@ import torch
 from prefect import flow
 
 from .. import __version__
+from ..data import load_dataset
 from ..errors import RunInterrupted
 from ..objectives import pareto_front
+from ..reaper import start_watchdog
 from ..registry import Registry
+from ..space import LayerwiseSpace
 from ..spec import LoadedSpec
 from .context import RunContext
 from .deploy import deploy_stage
-from .evaluate import threads_per_task
+from .evaluate import make_devices, model_for, threads_per_task
 from .morph import morph_stage
-from .profile import profile_stage
+from .prefect_server import ApiServer, start_api_server, use_api_server
+from .profile import profile_stage, smallest_genome
 from .runners import make_task_runner
 from .search import search_stage
 from .selection import with_latency
@@ -76,28 +78,32 @@ class RunSummary:
         return f"resumed: finished work was reused from the registry ({what})"
 
 
-def _start_api_server_shielded_from_ctrl_c() -> None:
-    """Start Prefect's ephemeral API server, when one is used, so that a Ctrl-C does not reach it.
+def _start_run_helpers() -> ApiServer | None:
+    """Start the processes a run needs besides itself: its watchdog first, then Prefect's API server."""
+    start_watchdog()  # before any child exists, so that every child is marked as this run's
+    return start_api_server()  # in the background: the run loads its data meanwhile
 
-    A terminal sends SIGINT to its whole foreground process group, and Prefect starts the server as
-    a child in that group. Killed by the same Ctrl-C that interrupts the run, it leaves Prefect's
-    crash handling (and its event flushing at exit) retrying a dead API for minutes instead of
-    letting the run stop. The server inherits the signal mask of the thread that starts it, so
-    SIGINT stays blocked in the server for good; Prefect still stops it with SIGTERM at exit.
+
+def _prepare_while_server_starts(spec, server: ApiServer | None) -> None:
+    """Use the seconds Prefect's API server takes to come up, then point Prefect at it.
+
+    The dataset is loaded (memoised for every stage) and, while the server does not answer yet,
+    each device times the profile stage's reference model once, unrecorded: a device's first
+    measurement pays one-off costs (an exporter's first use, a runtime starting) that would
+    otherwise delay the profile stage.
     """
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
-
-    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-        return  # a real Prefect server: not ours to shield
-    from prefect.server.api.server import SubprocessASGIServer
-
-    shield = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if shield else None
-    try:
-        SubprocessASGIServer().start()  # the instance Prefect's clients use; later starts are no-ops
-    finally:
-        if shield:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    data = load_dataset(spec.dataset)
+    if server is not None:
+        space = LayerwiseSpace(spec.space)
+        reference = model_for(space.to_arch(smallest_genome(space)), spec.dataset)
+        for cfg in spec.devices:
+            if server.answers():
+                break
+            try:
+                make_devices([cfg])[cfg.name].measure_model(reference, data.input_shape)
+            except Exception:  # the profile stage checks every device and reports what fails
+                pass
+    use_api_server(server)
 
 
 class _InterruptCrashFilter(logging.Filter):
@@ -126,12 +132,13 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
     ctx = RunContext(spec.run_id(), spec)
     registry = Registry(spec.registry.path)  # refuses a non-DuckDB file before any work is done
     registry.verify_readable()  # and a damaged one, before the first write rather than at it
-    _start_api_server_shielded_from_ctrl_c()
+    server = _start_run_helpers()
     resumed = registry.start_run(
         ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__
     )
     try:
         with _quiet_interrupt_crashes():
+            _prepare_while_server_starts(spec, server)
             stages = pipeline_flow(ctx)
     except KeyboardInterrupt:
         registry.finish_run(ctx.run_id, "interrupted", "interrupted by the user")

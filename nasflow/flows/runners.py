@@ -32,7 +32,10 @@ def make_task_runner(execution: ExecutionConfig):
     if execution.runner == "process":
         from prefect.task_runners import ProcessPoolTaskRunner
 
-        return ProcessPoolTaskRunner(max_workers=workers)
+        from ..reaper import exit_with_parent
+
+        # A worker blocked on its task queue would outlive a run killed without clean-up.
+        return ProcessPoolTaskRunner(max_workers=workers, initializer=exit_with_parent)
     if execution.runner == "dask":
         from prefect_dask import DaskTaskRunner
 

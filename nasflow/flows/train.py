@@ -18,7 +18,7 @@ from prefect.futures import as_completed
 
 from ..data import load_dataset
 from ..objectives import score
-from ..progress import reporter
+from ..progress import progress_channel, reporter
 from ..registry import Registry
 from ..space import arch_hash, build_model, format_arch, parse_arch
 from ..spec import Spec
@@ -129,34 +129,40 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     to_train = [j for j in jobs if j not in finished and j not in to_time]
     cap_note = (f"; {over} search candidates over objectives.max_latency_ms ({spec.objectives.max_latency_ms:g} ms) "
                 "left out" if over else "")
-    rep.stage_start(STAGE, len(jobs), f"{len(jobs)} candidates x {spec.train.config.epochs} epochs{cap_note}")
-    rep.advance(STAGE, len(finished), "reused from the registry" if finished else "")
+    epochs = spec.train.config.epochs  # the bar counts epochs: workers advance it as each one ends
+    rep.stage_start(STAGE, len(jobs) * epochs, f"{len(jobs)} candidates x {epochs} epochs{cap_note}")
+    rep.advance(STAGE, len(finished) * epochs, "reused from the registry" if finished else "")
     trained_now = []
     if to_train:
         threads = threads_per_task(min(spec.execution.workers, len(to_train)))
-        futures = {
-            train_candidates.submit(
-                [job["arch"]], spec.dataset, spec.train.config, spec.train.config.epochs, 1.0, threads,
-                [job["checkpoint"]], True,
-            ): job
-            for job in to_train
-        }
-        for future in as_completed(list(futures)):
-            job = futures[future]
-            row = retried(_trained_row(ctx, job, future.result()[0]), stored.get(job["candidate_id"]))
-            registry.add_evaluated([row], [], replace=True)  # recorded now: an interruption keeps it
-            stored[job["candidate_id"]] = row
-            if row["status"] == "ok":
-                trained_now.append(job)
-                rep.message(f"trained {job['arch_hash'][:8]}: acc {row['accuracy']:.3f}")
-            else:
-                rep.advance(STAGE, 1, f"failed: {row['error']}")
+        with progress_channel(STAGE) as channel:
+            futures = {
+                train_candidates.submit(
+                    [job["arch"]], spec.dataset, spec.train.config, epochs, 1.0, threads, [job["checkpoint"]], True,
+                    channel,
+                ): job
+                for job in to_train
+            }
+            for future in as_completed(list(futures)):
+                job = futures[future]
+                result = future.result()[0]
+                row = retried(_trained_row(ctx, job, result), stored.get(job["candidate_id"]))
+                registry.add_evaluated([row], [], replace=True)  # recorded now: an interruption keeps it
+                stored[job["candidate_id"]] = row
+                # Epochs no worker could report (another process, or a failure part-way) count now.
+                unreported = max(0, epochs - result.get("epochs_reported", 0))
+                if row["status"] == "ok":
+                    trained_now.append(job)
+                    rep.advance(STAGE, unreported, f"trained {job['arch_hash'][:8]}: acc {row['accuracy']:.3f}")
+                else:
+                    rep.advance(STAGE, unreported, f"failed: {row['error']}")
     devices = make_devices(spec.devices)
     for job in to_time + trained_now:  # every training has ended: timings have the cores to themselves
         row, mrows = _timed_row(ctx, stored[job["candidate_id"]], devices)
         row = retried(row, stored[job["candidate_id"]])
         registry.add_evaluated([row], mrows, replace=True)
-        rep.advance(STAGE, 1, f"acc {row['accuracy']:.3f}" if row["status"] == "ok" else f"failed: {row['error']}")
+        info = f"timed {job['arch_hash'][:8]}" if row["status"] == "ok" else f"failed: {row['error']}"
+        rep.advance(STAGE, epochs if job in to_time else 0, info)  # trained before an interruption
     reused = len(finished)
     rep.stage_end(STAGE, f"{len(to_train)} trained, {len(to_time)} timed after an interruption, {reused} reused{cap_note}")
     return {"trained": len(to_train), "timed": len(to_time), "reused": reused, "over_cap": over}

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from .. import __version__, hookspecs
 from ..errors import PluginError
 from ..plugin_api import Plugin
+from ..strict import error_message
 
 BUILTIN_MODULES = (
     "nasflow.plugins.search.random_search",
@@ -26,7 +27,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.edgetpu_device",
     "nasflow.plugins.devices.litert",
     "nasflow.plugins.devices.android",
-    "nasflow.plugins.compress.morphnet",
+    "nasflow.plugins.compress.morphnet_plugin",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
@@ -112,7 +113,7 @@ class PluginRegistry:
             return info.cls.Options.model_validate(raw or {})
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '(options)'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or '(options)'}: {error_message(err)}" for err in exc.errors()
             )
             raise PluginError(f"invalid options for {KIND_LABELS[kind]} {name!r}: {problems}") from None
 

@@ -1,4 +1,4 @@
-"""`morphnet` compressor: resource-weighted L1 on BN gates, shrink dead channels, optionally expand, fine-tune.
+"""MorphNet's steps behind the `morphnet` compressor: resource-weighted L1 on BN gates, shrink, expand, fine-tune.
 
 After MorphNet (Gordon et al., CVPR 2018). Prunable channel groups are the expanded (mid) channels
 of every inverted-residual block that has an expand conv, gated by the depthwise BN scale, and the
@@ -13,16 +13,14 @@ import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ...errors import PluginError
-from ...hookspecs import hookimpl
-from ...plugin_api import CompressContext, CompressResult, Compressor
+from ...plugin_api import CompressContext, CompressResult
 from ...space import (
     Arch,
     ArchNet,
@@ -36,30 +34,7 @@ from ...space import (
     mid_channels,
 )
 from ...train import TrainResult, evaluate, train_model
-
-
-class MorphNetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    target: Literal["flops", "size"] = Field(
-        "flops", description="resource the regulariser weights channels by: MACs ('flops') or parameters ('size')"
-    )
-    strength: float = Field(
-        0.1,
-        ge=0,
-        description=(
-            "L1 coefficient on the BN gate of the costliest channel; cheaper channels get proportionally less "
-            "(on digits 0.1 trims 10-40% of MACs or params at <1% accuracy; 0.2+ prunes hard)"
-        ),
-    )
-    threshold: float = Field(1e-2, ge=0, description="channels whose BN |gamma| is below this are pruned")
-    reg_epochs: int = Field(3, ge=0, description="training epochs with the regulariser (0: prune as trained)")
-    finetune_epochs: int = Field(2, ge=0, description="training epochs of the child without the regulariser")
-    width_multiplier: float = Field(
-        1.0, gt=0, description="MorphNet's expand step: scale every surviving prunable width (1.0 = shrink only)"
-    )
-    min_channels: int = Field(1, ge=1, description="channels a group keeps at least (unless its block vanishes)")
-
+from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  (the plugin, re-exported)
 
 # ---------------------------------------------------------------- channel groups
 
@@ -310,76 +285,70 @@ def shrink(
     return ShrinkResult(child, child_arch, plans, removed)
 
 
-# ---------------------------------------------------------------- the plugin
+# ---------------------------------------------------------------- the compressor's steps
 
 
-class MorphNetCompressor(Compressor):
-    """Shrink a trained model where a cost-weighted sparsity penalty says channels are not worth their resource."""
+def compress(opts: MorphNetOptions, ctx: CompressContext) -> CompressResult:
+    """Regularise a copy of the parent, shrink it, fine-tune the child (MorphNetCompressor.compress)."""
+    parent = _checked_parent(ctx)
+    image_size = (int(ctx.input_shape[-2]), int(ctx.input_shape[-1]))
+    size = _resources(parent.arch, parent, image_size)
+    reg_accuracy = _regularise(opts, parent, image_size, ctx)
+    _report(ctx, "shrink", 0, 1)
+    shrunk = shrink(parent, opts.threshold, opts.min_channels, opts.width_multiplier, ctx.train_config.seed)
+    shrunk_accuracy, _ = _evaluate(shrunk.model, ctx)
+    _report(ctx, "shrink", 1, 1)
+    accuracy, loss = _finetune(opts, shrunk.model, ctx)
+    stats = _stats(opts, shrunk, size, _resources(shrunk.arch, shrunk.model, image_size))
+    stats.update(reg_val_accuracy=reg_accuracy, shrunk_val_accuracy=shrunk_accuracy)
+    return CompressResult(shrunk.model, shrunk.arch, accuracy, loss, stats)
 
-    name = "morphnet"
-    description = "MorphNet: FLOP/size-weighted L1 on BN gates, prune dead channels and blocks, expand, fine-tune"
-    Options = MorphNetOptions
 
-    def compress(self, ctx: CompressContext) -> CompressResult:
-        opts: MorphNetOptions = self.options  # type: ignore[assignment]
-        parent = self._checked_parent(ctx)
-        image_size = (int(ctx.input_shape[-2]), int(ctx.input_shape[-1]))
-        size = _resources(parent.arch, parent, image_size)
-        reg_accuracy = self._regularise(parent, image_size, ctx)
-        _report(ctx, "shrink", 0, 1)
-        shrunk = shrink(parent, opts.threshold, opts.min_channels, opts.width_multiplier, ctx.train_config.seed)
-        shrunk_accuracy, _ = _evaluate(shrunk.model, ctx)
-        _report(ctx, "shrink", 1, 1)
-        accuracy, loss = self._finetune(shrunk.model, ctx)
-        stats = self._stats(shrunk, size, _resources(shrunk.arch, shrunk.model, image_size))
-        stats.update(reg_val_accuracy=reg_accuracy, shrunk_val_accuracy=shrunk_accuracy)
-        return CompressResult(shrunk.model, shrunk.arch, accuracy, loss, stats)
+def _checked_parent(ctx: CompressContext) -> ArchNet:
+    if not isinstance(ctx.model, ArchNet):
+        raise PluginError(f"morphnet needs a model from nasflow.space.build_model, got {type(ctx.model).__name__}")
+    if format_arch(ctx.model.arch) != format_arch(ctx.arch):
+        raise PluginError(
+            f"morphnet: the model is {format_arch(ctx.model.arch)!r} but the context says {format_arch(ctx.arch)!r}"
+        )
+    return copy.deepcopy(ctx.model)  # the parent stays as trained; its copy is regularised
 
-    def _checked_parent(self, ctx: CompressContext) -> ArchNet:
-        if not isinstance(ctx.model, ArchNet):
-            raise PluginError(f"morphnet needs a model from nasflow.space.build_model, got {type(ctx.model).__name__}")
-        if format_arch(ctx.model.arch) != format_arch(ctx.arch):
-            raise PluginError(
-                f"morphnet: the model is {format_arch(ctx.model.arch)!r} but the context says {format_arch(ctx.arch)!r}"
-            )
-        return copy.deepcopy(ctx.model)  # the parent stays as trained; its copy is regularised
 
-    def _regularise(self, model: ArchNet, image_size: tuple[int, int], ctx: CompressContext) -> float | None:
-        opts: MorphNetOptions = self.options  # type: ignore[assignment]
-        if opts.reg_epochs == 0:
-            return None
-        costs = channel_costs(model.arch, model.in_channels, model.num_classes, image_size, opts.target)
-        regulariser = make_regulariser(model.arch, costs, opts.strength)
-        result = _train(model, ctx, opts.reg_epochs, "regularise", regulariser)
-        return result.val_accuracy
+def _regularise(opts: MorphNetOptions, model: ArchNet, image_size: tuple[int, int], ctx: CompressContext) -> float | None:
+    if opts.reg_epochs == 0:
+        return None
+    costs = channel_costs(model.arch, model.in_channels, model.num_classes, image_size, opts.target)
+    regulariser = make_regulariser(model.arch, costs, opts.strength)
+    result = _train(model, ctx, opts.reg_epochs, "regularise", regulariser)
+    return result.val_accuracy
 
-    def _finetune(self, model: ArchNet, ctx: CompressContext) -> tuple[float, float]:
-        opts: MorphNetOptions = self.options  # type: ignore[assignment]
-        if opts.finetune_epochs == 0:
-            return _evaluate(model, ctx)
-        result = _train(model, ctx, opts.finetune_epochs, "finetune", None)
-        return result.val_accuracy, result.val_loss
 
-    def _stats(self, shrunk: ShrinkResult, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
-        opts: MorphNetOptions = self.options  # type: ignore[assignment]
-        groups = [
-            {"group": p.group.name, "before": p.group.width, "alive": p.alive, "after": p.width} for p in shrunk.plans
-        ]
-        return {
-            "target": opts.target,
-            "strength": opts.strength,
-            "threshold": opts.threshold,
-            "width_multiplier": opts.width_multiplier,
-            "groups": groups,
-            "channels_before": {g["group"]: g["before"] for g in groups},
-            "channels_after": {g["group"]: g["after"] for g in groups},
-            "blocks_removed": shrunk.blocks_removed,
-            "macs_before": before["macs"],
-            "macs_after": after["macs"],
-            "params_before": before["params"],
-            "params_after": after["params"],
-            "child_arch": format_arch(shrunk.arch),
-        }
+def _finetune(opts: MorphNetOptions, model: ArchNet, ctx: CompressContext) -> tuple[float, float]:
+    if opts.finetune_epochs == 0:
+        return _evaluate(model, ctx)
+    result = _train(model, ctx, opts.finetune_epochs, "finetune", None)
+    return result.val_accuracy, result.val_loss
+
+
+def _stats(opts: MorphNetOptions, shrunk: ShrinkResult, before: dict[str, int], after: dict[str, int]) -> dict[str, Any]:
+    groups = [
+        {"group": p.group.name, "before": p.group.width, "alive": p.alive, "after": p.width} for p in shrunk.plans
+    ]
+    return {
+        "target": opts.target,
+        "strength": opts.strength,
+        "threshold": opts.threshold,
+        "width_multiplier": opts.width_multiplier,
+        "groups": groups,
+        "channels_before": {g["group"]: g["before"] for g in groups},
+        "channels_after": {g["group"]: g["after"] for g in groups},
+        "blocks_removed": shrunk.blocks_removed,
+        "macs_before": before["macs"],
+        "macs_after": after["macs"],
+        "params_before": before["params"],
+        "params_after": after["params"],
+        "child_arch": format_arch(shrunk.arch),
+    }
 
 
 def _resources(arch: Arch, model: ArchNet, image_size: tuple[int, int]) -> dict[str, int]:
@@ -408,8 +377,3 @@ def _train(model: nn.Module, ctx: CompressContext, epochs: int, step: str, extra
 
 def _evaluate(model: nn.Module, ctx: CompressContext) -> tuple[float, float]:
     return evaluate(model, ctx.dataset)
-
-
-@hookimpl
-def nasflow_compressors():
-    return [MorphNetCompressor]

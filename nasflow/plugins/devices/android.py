@@ -74,13 +74,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from nasflow import __version__
 from nasflow.errors import DeviceError
 from nasflow.export import sha256_file
 from nasflow.hookspecs import hookimpl
-from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement, PluginOptions
 from nasflow.plugins.devices import litert
 
 if TYPE_CHECKING:
@@ -91,10 +91,8 @@ Z_95 = 1.959963984540054
 PLATFORM_TOOLS_HINT = "install Android SDK Platform-Tools and put adb on PATH, or set options.adb to its path"
 
 
-class AndroidOptions(BaseModel):
+class AndroidOptions(PluginOptions):
     """Which phone, which benchmark binary, and how benchmark_model runs there."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     serial: str | None = Field(None, description="adb serial of the phone; needed when several are attached")
     adb: str = Field("adb", description="adb executable (name on PATH or a path)")

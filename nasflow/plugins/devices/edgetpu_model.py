@@ -13,13 +13,13 @@ from __future__ import annotations
 import platform
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from nasflow import __version__
 from nasflow.edgetpu import HOSTS, MODEL_VERSION, PARAM_CACHE_BYTES, estimate_latency, layers_from_module
 from nasflow.errors import DeviceError
 from nasflow.hookspecs import hookimpl
-from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement, PluginOptions
 
 if TYPE_CHECKING:
     import torch
@@ -27,10 +27,8 @@ if TYPE_CHECKING:
 RUNTIME = f"edgetpu-model {MODEL_VERSION} (analytical)"
 
 
-class EdgeTPUModelOptions(BaseModel):
+class EdgeTPUModelOptions(PluginOptions):
     """Which Coral setting to model, and the two assumptions a user may want to change."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: Literal["usb3", "devboard"] = Field(
         "usb3", description="usb3: USB Accelerator on a desktop over USB 3.0; devboard: Coral Dev Board"

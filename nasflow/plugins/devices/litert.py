@@ -83,6 +83,7 @@ from nasflow.export import VerifyResult, eval_mode, sha256_file, verify_outputs
 from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.reaper import exit_with_parent
 from nasflow.timing import TimingOptions, measure_with
 
 if TYPE_CHECKING:
@@ -332,7 +333,11 @@ def _conversion_pool(workers: int) -> ProcessPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=exit_with_parent,  # an idle worker would outlive a process killed without clean-up
+            )
             _POOLS[workers] = pool
         return pool
 

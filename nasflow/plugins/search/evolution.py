@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections import deque
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from ...hookspecs import hookimpl
-from ...plugin_api import Genome, SearchStrategy
+from ...plugin_api import Genome, PluginOptions, SearchStrategy
 
 
-class EvolutionOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class EvolutionOptions(PluginOptions):
     population_size: int = Field(10, ge=2, description="individuals alive at once (oldest dies first)")
     sample_size: int = Field(3, ge=1, description="tournament size when picking a parent")
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ...hookspecs import hookimpl
-from ...plugin_api import Genome, SearchStrategy
+from ...plugin_api import Genome, PluginOptions, SearchStrategy
 
 
-class RandomOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class RandomOptions(PluginOptions):
     max_tries: int = Field(50, ge=1, description="resamples per proposal to avoid a repeat")
 
 

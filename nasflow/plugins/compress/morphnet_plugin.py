@@ -1,0 +1,56 @@
+"""The `morphnet` compressor plugin: its options and class; the torch code loads only when a model is compressed.
+
+The steps themselves live in `morphnet.py`, so listing plugins or validating a spec never imports
+torch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+
+from ...hookspecs import hookimpl
+from ...plugin_api import Compressor, PluginOptions
+
+if TYPE_CHECKING:
+    from ...plugin_api import CompressContext, CompressResult
+
+
+class MorphNetOptions(PluginOptions):
+    target: Literal["flops", "size"] = Field(
+        "flops", description="resource the regulariser weights channels by: MACs ('flops') or parameters ('size')"
+    )
+    strength: float = Field(
+        0.1,
+        ge=0,
+        description=(
+            "L1 coefficient on the BN gate of the costliest channel; cheaper channels get proportionally less "
+            "(on digits 0.1 trims 10-40% of MACs or params at <1% accuracy; 0.2+ prunes hard)"
+        ),
+    )
+    threshold: float = Field(1e-2, ge=0, description="channels whose BN |gamma| is below this are pruned")
+    reg_epochs: int = Field(3, ge=0, description="training epochs with the regulariser (0: prune as trained)")
+    finetune_epochs: int = Field(2, ge=0, description="training epochs of the child without the regulariser")
+    width_multiplier: float = Field(
+        1.0, gt=0, description="MorphNet's expand step: scale every surviving prunable width (1.0 = shrink only)"
+    )
+    min_channels: int = Field(1, ge=1, description="channels a group keeps at least (unless its block vanishes)")
+
+
+class MorphNetCompressor(Compressor):
+    """Shrink a trained model where a cost-weighted sparsity penalty says channels are not worth their resource."""
+
+    name = "morphnet"
+    description = "MorphNet: FLOP/size-weighted L1 on BN gates, prune dead channels and blocks, expand, fine-tune"
+    Options = MorphNetOptions
+
+    def compress(self, ctx: CompressContext) -> CompressResult:
+        from .morphnet import compress
+
+        return compress(self.options, ctx)  # type: ignore[arg-type]
+
+
+@hookimpl
+def nasflow_compressors():
+    return [MorphNetCompressor]
