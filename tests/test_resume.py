@@ -396,9 +396,11 @@ def interrupted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("signals")
     text = tiny_spec_text(tmp, name="signals", objectives="{reward: accuracy}", profile=False)
     text = _edit(text, "  budget: 6\n", f"  budget: {BUDGET}\n")
-    # three models, two at a time, trained long enough to be caught between them
+    # Batches of proxies and three models (two at a time) long enough to be caught between them:
+    # each batch lands in the registry on its own (the writer flushes after 2 s), each model too.
+    text = _edit(text, "proxy: {epochs: 1, subset: 0.5}", "proxy: {epochs: 8, subset: 1.0}")
     text = _edit(text, "train: {enabled: true, top_k: 1, config: {epochs: 2}}",
-                 f"train: {{enabled: true, top_k: {TOP_K}, config: {{epochs: 10}}}}")
+                 f"train: {{enabled: true, top_k: {TOP_K}, config: {{epochs: 20}}}}")
     spec = tmp / "signals.yaml"
     spec.write_text(text)
     run_id = parse_spec(text, check_plugins=False).run_id()
