@@ -197,14 +197,14 @@ def remeasure(spec, trained: list[dict], artifacts: list[dict], repeats: int) ->
         model = load_model(spec, c["arch"], c["extra"]["checkpoint"])
         jobs.append((c["arch_hash"], "end", lambda m=model: measure_everywhere(devices, m, shape)))
     for a in artifacts:
-        jobs.append((a["arch_hash"], "end-artifact", lambda a=a: (measure_artifact_everywhere(devices, a["path"], a["format"], shape), None)))
+        jobs.append((a["arch_hash"], "end-artifact", lambda a=a: measure_artifact_everywhere(devices, a["path"], a["format"], shape)))
     repeated: dict[tuple[str, str, str], list] = {}
     for index in range(repeats):
         log(f"re-measure {index + 1}/{repeats}: {len(jobs)} models and artifacts on {len(devices)} devices")
         for arch_hash, label, measure in jobs:
-            measured, error = measure()
-            if error:
-                raise SystemExit(f"re-measuring {arch_hash} failed: {error}")
+            measured, failures = measure()
+            if failures:
+                raise SystemExit(f"re-measuring {arch_hash} failed: {failures}")
             for m in measured:
                 repeated.setdefault((m.device, arch_hash, label), []).append(m.stats)
     out = {}

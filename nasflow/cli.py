@@ -55,8 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(f"[bold]nasflow {__version__}[/] running [cyan]{loaded.spec.name}[/] (run {loaded.spec.run_id()})")
     with make_reporter(console) as rep, using_reporter(rep):
         summary = run_spec(loaded)
-    if summary.resumed:
-        console.print("resumed: finished work was reused from the registry")
+    if summary.resume_message:
+        console.print(summary.resume_message, soft_wrap=True)
+    for note in summary.warnings:  # said during the run; repeated where the user reads the outcome
+        console.print(f"warning: {note}", soft_wrap=True, highlight=False)
     counts = ", ".join(f"{stage} {n}" for stage, n in summary.counts.items())
     console.print(f"candidates in the registry for this run: {counts}")
     print_table(console, front_table(summary.front, summary.devices, summary.objective_device, "accuracy/latency Pareto front"))

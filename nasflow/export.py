@@ -7,8 +7,8 @@ import hashlib
 import io
 import logging
 import os
-import tempfile
 import threading
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -126,21 +126,23 @@ def export_onnx(
 ) -> Path:
     """Export `model` to an ONNX file at `path` (written atomically); returns the path."""
     data = export_onnx_bytes(model, input_shape, opset)
-    target = Path(path)
+    write_atomically(Path(path), data, "ONNX model")
+    return Path(path)
+
+
+def write_atomically(target: Path, data: bytes, what: str) -> None:
+    """Write `data` to `target` through a temporary file and a rename, so that a crash never leaves
+    a truncated file behind. The file gets the user's umask like any other file they create
+    (`tempfile.mkstemp` would make it private, 0600)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a crash never leaves a truncated artifact behind.
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
-    except OSError as exc:
-        raise ExportError(f"cannot write ONNX model to {target}: {exc}") from exc
-    try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
         os.replace(tmp, target)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise ExportError(f"cannot write ONNX model to {target}: {exc}") from exc
-    return target
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"cannot write {what} to {target}: {exc}") from exc
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -235,3 +237,28 @@ def verify_onnx(
             raise ExportError(f"onnxruntime failed to run the ONNX model: {exc}") from exc
 
     return verify_outputs(model, run, input_shape, atol, n_inputs, seed)
+
+
+def classify_accuracy(
+    run: Callable[[np.ndarray], np.ndarray], images: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> float:
+    """Share of `images` whose largest output of `run` (an artifact's runtime) is the label; batched."""
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        logits = np.asarray(run(np.ascontiguousarray(images[i : i + batch_size], dtype=np.float32)))
+        correct += int((logits.reshape(len(logits), -1).argmax(1) == labels[i : i + batch_size]).sum())
+    return correct / max(len(labels), 1)
+
+
+def onnx_accuracy(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+    """Accuracy of the ONNX file itself on labelled images, run by onnxruntime (batch axis dynamic)."""
+    session = _verify_session(path)
+    input_name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        try:
+            return session.run(None, {input_name: x})[0]
+        except Exception as exc:
+            raise ExportError(f"onnxruntime failed to run {path}: {exc}") from exc
+
+    return classify_accuracy(run, images, labels, batch_size)

@@ -27,6 +27,14 @@ def score(accuracy: float, latency_ms: float | None, objectives: ObjectivesConfi
     return accuracy * (latency_ms / target) ** exponent
 
 
+def meets_latency_cap(latency_ms: float | None, objectives: ObjectivesConfig) -> bool:
+    """Whether a latency satisfies `objectives.max_latency_ms` (always, without a cap; never, with a
+    cap and no number)."""
+    if objectives.max_latency_ms is None:
+        return True
+    return latency_ms is not None and latency_ms <= objectives.max_latency_ms
+
+
 def pareto_front(rows: Sequence[dict[str, Any]], acc_key: str = "accuracy", lat_key: str = "latency_ms") -> list[dict]:
     """Rows not dominated by any other (higher-or-equal accuracy and lower-or-equal latency,
     strictly better in one), sorted by latency."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import numbers
+import os
 import random
 import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,13 @@ import duckdb
 import pyarrow as pa
 
 from nasflow.errors import RegistryError
+from nasflow.processes import is_running, process_started_at
 
 DEFAULT_PATH = "registry.duckdb"
 
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
-CANDIDATE_STAGES = ("search", "train", "morph", "deploy")
+# Migration 1's CHECK also allows 'deploy', but deployed files are `artifacts` rows, never candidates.
+CANDIDATE_STAGES = ("search", "train", "morph")
 CANDIDATE_STATUSES = ("ok", "failed")
 MEASUREMENT_SOURCES = ("measured", "lut", "predicted", "estimated")
 MEASUREMENT_METRICS = ("latency", "energy")
@@ -37,8 +40,8 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
     "runs": [
         ("run_id", "VARCHAR", "Identifier of the run; re-running the same spec resumes it."),
         ("name", "VARCHAR", "The spec's `name`."),
-        ("spec_hash", "VARCHAR", "Hash of the validated spec."),
-        ("spec_yaml", "VARCHAR", "The spec as YAML text."),
+        ("spec_hash", "VARCHAR", "Hash of the spec's settings that define the run (the hash in `run_id`)."),
+        ("spec_yaml", "VARCHAR", "The spec as YAML text, as last run."),
         ("status", "VARCHAR", "Where the run stands."),
         ("runner", "VARCHAR", "Prefect task runner that evaluated candidates (`execution.runner`)."),
         ("nasflow_version", "VARCHAR", "nasflow version that last started the run."),
@@ -48,6 +51,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("error", "VARCHAR", "Why the run failed or was interrupted."),
         ("pid", "INTEGER", "Process id of the `nasflow run` that last started the run, on `host`; a `running` run whose process is gone is shown as `interrupted`."),
         ("train_device", "VARCHAR", "Where candidates were trained (`execution.device` as resolved, e.g. `cpu`, `cuda:0`)."),
+        ("pid_started_at", "TIMESTAMP", "When process `pid` started (UTC), so that a later process given the same pid is not taken for the run's."),
     ],
     "candidates": [
         ("candidate_id", "VARCHAR", "Identifier of the candidate."),
@@ -55,7 +59,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("stage", "VARCHAR", "Pipeline stage that produced the row."),
         ("arch", "VARCHAR", "Canonical architecture string."),
         ("arch_hash", "VARCHAR", "Hash of `arch`: the architecture's identity across runs."),
-        ("parent_id", "VARCHAR", "Candidate this one was derived from (trained, morphed or deployed)."),
+        ("parent_id", "VARCHAR", "Candidate this one was derived from: the search candidate a train row trained, the train row a morph row compressed."),
         ("status", "VARCHAR", "Whether evaluation succeeded."),
         ("error", "VARCHAR", "Why evaluation failed."),
         ("params", "BIGINT", "Number of trainable parameters."),
@@ -65,7 +69,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("train_epochs", "INTEGER", "Epochs trained before evaluation."),
         ("train_seconds", "DOUBLE", "Wall-clock training time in seconds."),
         ("score", "DOUBLE", "Scalarised objective the search ranked candidates by."),
-        ("extra", "JSON", "Strategy- or plugin-specific fields."),
+        ("extra", "JSON", "Strategy- or plugin-specific fields; `stage_key` (hash of the settings a train or morph row was made with), `attempts` and `last_error` (a row that failed before and was evaluated again)."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
         ("accuracy_source", "VARCHAR", "How `accuracy` was obtained: short training on a subset, full training, with a supernet's shared weights, or of the deployed file."),
         ("test_accuracy", "DOUBLE", "Accuracy on the test split, which selection never sees (NULL where not evaluated, e.g. search proxies)."),
@@ -80,7 +84,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("artifact_id", "VARCHAR", "Deployed file timed (`artifacts.artifact_id`); NULL when the live model was."),
         ("source", "VARCHAR", "How the number was obtained: on the device, from a LUT, by a model, or analytically."),
         ("metric", "VARCHAR", "Quantity measured; the `*_ms` statistics are filled for `latency` rows only."),
-        ("median_ms", "DOUBLE", "Median over the timed runs, milliseconds."),
+        ("median_ms", "DOUBLE", "Median over the timed runs, milliseconds; NULL when the measurement failed (`extra.error` says why)."),
         ("p90_ms", "DOUBLE", "90th percentile, milliseconds."),
         ("mean_ms", "DOUBLE", "Mean, milliseconds."),
         ("std_ms", "DOUBLE", "Standard deviation, milliseconds."),
@@ -92,7 +96,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("fingerprint", "JSON", "Device fingerprint: CPU model, runtime and library versions, threads."),
         ("fingerprint_hash", "VARCHAR", "Hash of `fingerprint`, for grouping comparable numbers."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
-        ("extra", "JSON", "Everything else the device reported (e.g. compiler op counts, energy details, input shape)."),
+        ("extra", "JSON", "Everything else the device reported (e.g. compiler op counts, energy details, input shape); `error` on a measurement that failed."),
         ("unit", "VARCHAR", "Unit of `value`: `ms` for latency, `mJ` for energy per inference."),
         ("value", "DOUBLE", "The metric's headline number in `unit` (latency: the median; energy: millijoules per image); rank by it across metrics."),
     ],
@@ -278,6 +282,10 @@ UPDATE measurements SET unit = 'ms', value = median_ms WHERE metric = 'latency';
 ALTER TABLE artifacts ADD COLUMN accuracy DOUBLE;
 """
 
+_MIGRATION_3 = """\
+ALTER TABLE runs ADD COLUMN pid_started_at TIMESTAMP;
+"""
+
 # Ordered (version, name, sql); applied once each, in order, one transaction per migration.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: runs, candidates, measurements, lut, artifacts", _MIGRATION_1),
@@ -287,6 +295,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         "artifacts.accuracy, runs.pid/train_device",
         _MIGRATION_2,
     ),
+    (3, "runs.pid_started_at (a run whose process is gone is told apart from one still running)", _MIGRATION_3),
 ]
 
 
@@ -422,7 +431,8 @@ class Registry:
                 raise
 
     def _migrate(self) -> None:
-        """Apply the migrations this file lacks, each in its own transaction."""
+        """Apply the migrations this file lacks, each in its own transaction; then mark runs whose
+        process vanished as interrupted (opening read-write is the moment a writer may change them)."""
         with self._connection(read_only=False) as con:
             try:
                 con.execute(_create_schema_version_sql())
@@ -438,6 +448,10 @@ class Registry:
             for version, name, sql in MIGRATIONS:
                 if version not in applied:
                     self._apply_migration(con, version, name, sql)
+            try:
+                self._mark_vanished_runs(con)
+            except duckdb.Error as error:
+                raise RegistryError(f"cannot update the runs of {self.path}: {error}") from error
 
     def _apply_migration(self, con: duckdb.DuckDBPyConnection, version: int, name: str, sql: str) -> None:
         """Run one migration and record it, atomically."""
@@ -475,22 +489,29 @@ class Registry:
         self, run_id: str, name: str, spec_hash: str, spec_yaml: str, runner: str, nasflow_version: str,
         train_device: str | None = None,
     ) -> bool:
-        """Record a run as running; returns True when the run already existed (a resume)."""
+        """Record a run as running in this process; returns True when the run already existed (a resume).
+
+        The pid and its start time are stored so that, should this process vanish (SIGKILL, a
+        crash, a reboot), the run can later be told apart from one still running.
+        """
+        pid = os.getpid()
+        where = [runner, nasflow_version, socket.gethostname(), pid, process_started_at(pid)]
         with self._writing() as con:
             exists = con.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone() is not None
             if exists:
-                # Keep the original spec and start time; record where and with what it resumed.
+                # Keep the start time; record the spec as run now and where and with what it resumed.
                 con.execute(
-                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, "
-                    "runner = ?, nasflow_version = ?, host = ?, train_device = ? WHERE run_id = ?",
-                    [runner, nasflow_version, socket.gethostname(), train_device, run_id],
+                    "UPDATE runs SET status = 'running', finished_at = NULL, error = NULL, spec_yaml = ?, "
+                    "runner = ?, nasflow_version = ?, host = ?, pid = ?, pid_started_at = ?, train_device = ? "
+                    "WHERE run_id = ?",
+                    [spec_yaml, *where, train_device, run_id],
                 )
             else:
                 con.execute(
                     "INSERT INTO runs (run_id, name, spec_hash, spec_yaml, status, runner, nasflow_version, "
-                    "host, started_at, train_device) VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?)",
-                    [run_id, name, spec_hash, spec_yaml, runner, nasflow_version, socket.gethostname(), _utcnow(),
-                     train_device],
+                    "host, pid, pid_started_at, started_at, train_device) "
+                    "VALUES (?, ?, ?, ?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                    [run_id, name, spec_hash, spec_yaml, *where, _utcnow(), train_device],
                 )
         return exists
 
@@ -507,6 +528,20 @@ class Registry:
                 [status, _utcnow(), error, run_id],
             )
 
+    def _mark_vanished_runs(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Mark `running` runs of this host whose process is gone as `interrupted`, saying so."""
+        rows = con.execute(
+            "SELECT run_id, pid, pid_started_at FROM runs WHERE status = 'running' AND host = ? AND pid IS NOT NULL",
+            [socket.gethostname()],
+        ).fetchall()
+        for run_id, pid, started in rows:
+            if not is_running(pid, started):
+                con.execute(
+                    "UPDATE runs SET status = 'interrupted', finished_at = ?, error = ? WHERE run_id = ? "
+                    "AND status = 'running'",
+                    [_utcnow(), vanished_error(pid), run_id],
+                )
+
     # --- batched appends -------------------------------------------------------------------
 
     def add_candidates(self, rows: list[dict[str, Any]]) -> int:
@@ -517,32 +552,59 @@ class Registry:
         """Append measurement rows; rows whose measurement_id exists are skipped. Returns rows added."""
         return self._insert("measurements", rows)
 
-    def add_artifacts(self, rows: list[dict[str, Any]]) -> int:
-        """Append artifact rows; rows whose artifact_id exists are skipped. Returns rows added."""
-        return self._insert("artifacts", rows)
+    def add_artifacts(
+        self, rows: list[dict[str, Any]], measurements: list[dict[str, Any]] | None = None, replace: bool = False
+    ) -> int:
+        """Append artifact rows (and the measurements of those files) in one transaction; returns artifacts added.
+
+        Rows whose artifact_id exists are skipped, or with `replace` supersede the stored artifact
+        and its measurements (a file exported again).
+        """
+        batches = [("artifacts", rows, False), ("measurements", measurements or [], False)]
+        if not replace:
+            return self._insert_tables(batches)[0]
+        ids = sorted({row.get("artifact_id") for row in rows if isinstance(row, dict)} - {None})
+        return self._insert_tables(batches, before=lambda con: _delete_artifacts(con, ids))[0]
 
     def add_lut(self, rows: list[dict[str, Any]], replace: bool = False) -> int:
         """Append LUT entries; existing keys are skipped, or overwritten with replace=True (re-profiling)."""
         return self._insert("lut", rows, replace=replace)
 
     def add_evaluated(
-        self, candidates: list[dict[str, Any]], measurements: list[dict[str, Any]]
+        self, candidates: list[dict[str, Any]], measurements: list[dict[str, Any]], replace: bool = False
     ) -> tuple[int, int]:
         """Append candidates and their measurements in one transaction; returns (candidates, measurements) added.
 
         Same rules as add_candidates and add_measurements, but both tables are written through one
         connection (opening the file is the dominant cost of a small batch) and atomically: a crash
         cannot leave candidates recorded without their measurements.
+
+        With `replace`, these rows supersede stored candidates with the same ids (a failed
+        candidate evaluated again, a row completed with its timings): the stored rows and the
+        measurements of their live models are deleted in the same transaction, so the new
+        measurements are not skipped as already present. Measurements of deployed artifacts stay.
         """
-        written = self._insert_tables([("candidates", candidates, False), ("measurements", measurements, False)])
+        batches = [("candidates", candidates, False), ("measurements", measurements, False)]
+        if not replace:
+            written = self._insert_tables(batches)
+        else:
+            ids = sorted({row.get("candidate_id") for row in candidates if isinstance(row, dict)} - {None})
+            written = self._insert_tables(batches, before=lambda con: _delete_candidates(con, ids))
         return written[0], written[1]
 
     def _insert(self, table: str, rows: list[dict[str, Any]], replace: bool = False) -> int:
         """Insert a batch through an Arrow table in one transaction; returns the rows written."""
         return self._insert_tables([(table, rows, replace)])[0]
 
-    def _insert_tables(self, batches: list[tuple[str, list[dict[str, Any]], bool]]) -> list[int]:
-        """Insert (table, rows, replace) batches in one transaction; returns the rows written per batch."""
+    def _insert_tables(
+        self,
+        batches: list[tuple[str, list[dict[str, Any]], bool]],
+        before: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> list[int]:
+        """Insert (table, rows, replace) batches in one transaction; returns the rows written per batch.
+
+        `before` runs first inside the same transaction (deleting the rows a batch supersedes).
+        """
         # Every batch is converted (and checked) before the file is opened.
         arrow = [
             _arrow_batch(table, _unique_rows(table, rows, keep_last=replace)) if rows else None
@@ -552,6 +614,8 @@ class Registry:
             return [0] * len(batches)
         written = []
         with self._writing() as con:
+            if before is not None:
+                before(con)
             for (table, _, replace), batch in zip(batches, arrow):
                 if batch is None:
                     written.append(0)
@@ -566,9 +630,20 @@ class Registry:
     # --- reads -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
-        """The run's row, or None when the registry has no such run."""
+        """The run's row, or None when the registry has no such run.
+
+        A `running` run of this host whose process is gone reads as `interrupted` (with the reason
+        in `error`) even from a read-only registry, which cannot record it; the next read-write
+        open records it.
+        """
         rows = self._select("SELECT * FROM runs WHERE run_id = ?", [run_id])
-        return rows[0] if rows else None
+        if not rows:
+            return None
+        run = rows[0]
+        if (run["status"] == "running" and run.get("pid") is not None and run["host"] == socket.gethostname()
+                and not is_running(run["pid"], run.get("pid_started_at"))):
+            run.update(status="interrupted", error=vanished_error(run["pid"]))
+        return run
 
     def get_candidates(self, run_id: str, stage: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """A run's candidates in the order they were recorded, optionally of one stage and status."""
@@ -638,6 +713,28 @@ def _insert_sql(table: str, batch_columns: list[str], replace: bool) -> str:
     return (
         f"INSERT INTO {table} ({names}) {source} "
         f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {same_key}) ORDER BY b.{_ORDINAL}"
+    )
+
+
+def _delete_candidates(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+    """Delete candidates and the measurements of their live models (not of their artifacts)."""
+    if ids:
+        con.execute("DELETE FROM measurements WHERE artifact_id IS NULL AND candidate_id IN (SELECT UNNEST(?))", [ids])
+        con.execute("DELETE FROM candidates WHERE candidate_id IN (SELECT UNNEST(?))", [ids])
+
+
+def _delete_artifacts(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+    """Delete artifacts and their measurements."""
+    if ids:
+        con.execute("DELETE FROM measurements WHERE artifact_id IN (SELECT UNNEST(?))", [ids])
+        con.execute("DELETE FROM artifacts WHERE artifact_id IN (SELECT UNNEST(?))", [ids])
+
+
+def vanished_error(pid: int) -> str:
+    """The `error` of a run whose process ended without recording how the run ended."""
+    return (
+        f"the nasflow process (pid {pid}) ended without finishing the run (killed, crashed, or the machine "
+        "stopped); everything recorded before is kept: run the same spec again to resume"
     )
 
 

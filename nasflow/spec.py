@@ -76,12 +76,49 @@ class Spec(Section):
         return self.objectives.device or self.devices[0].name
 
     def spec_hash(self) -> str:
-        """Identity of the run: the validated content, not the YAML's formatting or comments."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """Identity of the run: the settings its search results depend on, nothing else.
+
+        Left out (see RUN_ID_EXCLUDES): where things are stored, how the work is spread (every
+        `execution` key but `seed`), `search.budget` (a larger budget continues the same search),
+        the train, morph and deploy sections, whose rows carry their own settings key, and the
+        profile settings when the search measures every latency instead of using a LUT. The
+        YAML's formatting and comments never count: the validated content is hashed.
+        """
+        content = self.model_dump(mode="json")
+        for path in RUN_ID_EXCLUDES:
+            _drop(content, path)
+        if self.search.latency == "measured":  # the LUT, its predictor and their drift check are unused
+            for path in (("profile",), ("search", "drift")):
+                _drop(content, path)
+        execution = content.get("execution", {})
+        content["execution"] = {"seed": execution.get("seed")}
+        canonical = json.dumps(content, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def run_id(self) -> str:
         return f"{self.name}-{self.spec_hash()[:10]}"
+
+
+# Spec keys that do not change what the search finds, so changing them resumes the same run.
+RUN_ID_EXCLUDES: tuple[tuple[str, ...], ...] = (
+    ("dataset", "cache_dir"),
+    ("profile", "enabled"),
+    ("profile", "refresh"),
+    ("search", "enabled"),
+    ("search", "budget"),
+    ("train",),
+    ("morph",),
+    ("deploy",),
+    ("registry",),
+)
+
+
+def _drop(content: dict[str, Any], path: tuple[str, ...]) -> None:
+    """Remove the key at `path` from nested dicts, when it is there."""
+    for key in path[:-1]:
+        content = content.get(key) or {}
+    if isinstance(content, dict):
+        content.pop(path[-1], None)
 
 
 @dataclass(frozen=True)

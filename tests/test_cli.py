@@ -246,7 +246,10 @@ def story(tmp_path_factory) -> Story:
     spec = tmp / "tiny.yaml"
     text = tiny_spec_text(tmp, name="story")
     assert "  budget: 6\n" in text
-    spec.write_text(text.replace("  budget: 6\n", "  budget: 12\n"))
+    # proxies long enough that the search is still going when the reader's poll sees a candidate
+    assert "proxy: {epochs: 1, subset: 0.5}" in text
+    spec.write_text(text.replace("  budget: 6\n", "  budget: 12\n").replace(
+        "proxy: {epochs: 1, subset: 0.5}", "proxy: {epochs: 6, subset: 1.0}"))
     registry = tmp / "registry.duckdb"
     validated = nasflow("validate", spec)
     assert validated.returncode == 0, validated.stderr

@@ -1,11 +1,19 @@
 """End to end: a real Prefect flow run of every stage, recorded in a real DuckDB registry."""
 
 import hashlib
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
+from nasflow.data import load_dataset
+from nasflow.errors import DeviceError
+from nasflow.flows.context import RunContext
+from nasflow.flows.deploy import _deploy
+from nasflow.flows.evaluate import make_devices
 from nasflow.flows.pipeline import run_spec
+from nasflow.plugin_api import DeviceBackend
 from nasflow.registry import Registry
 from nasflow.spec import load_spec
 from nasflow.train_device import resolve_device
@@ -47,6 +55,7 @@ def test_full_pipeline_then_resume(tiny_spec):
     parent_ids = {c["candidate_id"] for c in registry.get_candidates(summary.run_id, stage="search")}
     assert train["parent_id"] in parent_ids and morph["parent_id"] == train["candidate_id"]
     assert morph["macs"] <= train["macs"]
+    assert morph["extra"]["same_arch_as_parent"] == (morph["arch_hash"] == train["arch_hash"])
 
     # where each accuracy came from: proxies in the search, held-out test accuracy after training
     search_rows = [r for r in registry.get_candidates(summary.run_id, stage="search") if r["status"] == "ok"]
@@ -59,11 +68,19 @@ def test_full_pipeline_then_resume(tiny_spec):
     _, same = registry.query("SELECT count(*) FROM measurements WHERE value IS DISTINCT FROM median_ms")
     assert same == [(0,)]
 
-    # deploy: a verified ONNX file whose sha256 matches the registry, timed as an artifact
+    # deploy: a verified ONNX file in <out_dir>/<run id>/ whose sha256 matches the registry, with
+    # the user's umask, scored on the test split by onnxruntime, timed as an artifact
     artifacts = registry.get_artifacts(summary.run_id)
     assert len(artifacts) == 1 and artifacts[0]["verified"]
-    data = Path(artifacts[0]["path"]).read_bytes()
+    assert [a["artifact_id"] for a in summary.artifacts] == [artifacts[0]["artifact_id"]]
+    path = Path(artifacts[0]["path"])
+    assert path.parent == (loaded.spec.deploy.out_dir / summary.run_id).resolve()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == artifacts[0]["sha256"]
+    deployed = next(c for c in registry.get_candidates(summary.run_id) if c["candidate_id"] == artifacts[0]["candidate_id"])
+    test_size = len(load_dataset(loaded.spec.dataset).test_y)
+    assert abs(artifacts[0]["accuracy"] - deployed["test_accuracy"]) <= 2 / test_size  # the same model, float32
     _, onnx_rows = registry.query(
         "SELECT device, artifact_format, source FROM measurements WHERE artifact_id = ?",
         [artifacts[0]["artifact_id"]],
@@ -82,6 +99,65 @@ def test_full_pipeline_then_resume(tiny_spec):
     assert again.stages["search"]["evaluated"] == 0 and again.stages["train"]["trained"] == 0
     assert again.stages["morph"]["compressed"] == 0
     assert ckpt.stat().st_mtime_ns == mtime
+    assert again.resume_message.startswith("resumed: finished work was reused") and "train 1" in again.resume_message
+
+    # changed training settings: the search is reused, a model trained with them lands beside the
+    # old one, and morph and deploy follow the new one
+    tiny_spec.write_text(tiny_spec.read_text().replace("config: {epochs: 2}", "config: {epochs: 1}"))
+    changed = run_spec(load_spec(tiny_spec))
+    assert changed.run_id == summary.run_id
+    assert changed.stages["search"]["evaluated"] == 0 and changed.stages["train"]["trained"] == 1
+    trains = registry.get_candidates(summary.run_id, stage="train")
+    assert len(trains) == 2 and trains[0]["parent_id"] == trains[1]["parent_id"] and trains[1]["train_epochs"] == 1
+    assert trains[0]["extra"]["stage_key"] != trains[1]["extra"]["stage_key"]
+    morphs = registry.get_candidates(summary.run_id, stage="morph")
+    assert [m["parent_id"] for m in morphs] == [trains[0]["candidate_id"], trains[1]["candidate_id"]]
+    assert len(registry.get_artifacts(summary.run_id)) == 2 and len(changed.artifacts) == 1
+    assert changed.artifacts[0]["candidate_id"] in {trains[1]["candidate_id"], morphs[1]["candidate_id"]}
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == artifacts[0]["sha256"]  # the old file is untouched
+
+    # a new out_dir deploys again and reuses everything before it
+    text = tiny_spec.read_text()
+    assert f"out_dir: {tiny_spec.parent / 'deploy'}" in text
+    tiny_spec.write_text(text.replace(f"out_dir: {tiny_spec.parent / 'deploy'}", f"out_dir: {tiny_spec.parent / 'moved'}"))
+    moved = run_spec(load_spec(tiny_spec))
+    assert moved.run_id == summary.run_id
+    assert (moved.stages["train"]["trained"], moved.stages["train"]["reused"]) == (0, 1)
+    assert (moved.stages["morph"]["compressed"], moved.stages["deploy"]["reused"]) == (0, 0)
+    assert Path(moved.artifacts[0]["path"]).parent == (tiny_spec.parent / "moved" / summary.run_id).resolve()
+    _, dupes = registry.query("SELECT count(*) - count(DISTINCT candidate_id) FROM candidates")
+    assert dupes == [(0,)]
+
+    # a device that cannot time an artifact leaves a failed measurement beside the verified artifact
+    ctx = RunContext(summary.run_id, load_spec(tiny_spec).spec)
+    devices = {"onnxruntime-cpu": make_devices(ctx.spec.devices)["onnxruntime-cpu"], "flaky": FlakyDevice()}
+    artifact, mrows = _deploy(ctx, deployed, "onnx", devices)
+    assert artifact["verified"] and artifact["accuracy"] is not None
+    assert {(m["device"], m.get("median_ms") is None) for m in mrows} == {("onnxruntime-cpu", False), ("flaky", True)}
+    failed = next(m for m in mrows if m["device"] == "flaky")
+    assert failed["extra"] == {"error": "flaky: lost the connection"} and failed["artifact_id"] == artifact["artifact_id"]
+
+
+class FlakyDevice(DeviceBackend):
+    """A device whose connection drops whenever it is asked to time a deployed file."""
+
+    name = "flaky"
+    artifact_formats = ("onnx",)
+
+    def fingerprint(self):
+        return {"device": "flaky"}
+
+    def measure_model(self, model, input_shape):
+        raise DeviceError("flaky: lost the connection")
+
+    def measure_artifact(self, path, fmt, input_shape):
+        raise DeviceError("flaky: lost the connection")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_stages_can_be_switched_off(tmp_path):

@@ -192,6 +192,10 @@ def test_device_failing_on_some_candidates_marks_them_failed_and_the_run_goes_on
     install_dist(site, "picky-device", "1.0", "picky_device", FLAKY_DEVICE, "picky")
     text = tiny_spec_text(tmp_path, name="picky", train=False, morph=False, deploy=False, profile=False)
     text = text.replace("  - {name: onnxruntime-cpu", "  - {name: picky-cpu").replace("budget: 6", "budget: 8")
+    # a candidate fails only when the device that drives the objective has no number (another
+    # device's failure is that device's measurement row alone: see test_resume.py)
+    assert "objectives: {reward: mnasnet, target_ms: 0.2}" in text
+    text = text.replace("objectives: {reward: mnasnet, target_ms: 0.2}", "objectives: {reward: mnasnet, target_ms: 0.2, device: picky-cpu}")
     spec = tmp_path / "s.yaml"
     spec.write_text(text)
     result = nasflow_cli(site, "run", str(spec))
@@ -206,8 +210,11 @@ def test_device_failing_on_some_candidates_marks_them_failed_and_the_run_goes_on
 
     assert all(last_is_k5(arch) and "picky-cpu: 5x5 depthwise is not supported" in error for arch, _, error in failed)
     assert all(not last_is_k5(arch) for arch, _, _ in ok)
-    # what the other device measured before the failure is kept
+    # what the other device measured is kept, and the failing device's attempt is a row of its own
     _, kept = registry.query(
-        "SELECT count(*) FROM measurements m JOIN candidates c USING (candidate_id) WHERE c.status = 'failed'"
+        "SELECT m.device, m.median_ms IS NULL, m.extra->>'error' FROM measurements m JOIN candidates c "
+        "USING (candidate_id) WHERE c.status = 'failed'"
     )
-    assert kept[0][0] == len(failed)
+    assert sorted(d for d, _, _ in kept) == sorted(["picky-cpu", "torch-cpu"] * len(failed))
+    assert all(missing == (device == "picky-cpu") for device, missing, _ in kept)
+    assert all("5x5 depthwise" in error for device, _, error in kept if device == "picky-cpu")

@@ -31,7 +31,9 @@ def test_good_spec_validates_with_defaults():
 
 def test_run_id_ignores_comments_and_formatting():
     assert parse_spec(GOOD).run_id() == parse_spec("# comment\n" + GOOD.replace("budget: 4", "budget:   4")).run_id()
-    assert parse_spec(GOOD).run_id() != parse_spec(GOOD.replace("budget: 4", "budget: 5")).run_id()
+    # a larger budget continues the same run (see test_resume.py for what is part of the run id)
+    assert parse_spec(GOOD).run_id() == parse_spec(GOOD.replace("budget: 4", "budget: 5")).run_id()
+    assert parse_spec(GOOD).run_id() != parse_spec(GOOD.replace("budget: 4", "budget: 4\n  batch_size: 2")).run_id()
 
 
 def test_unknown_key_is_named_with_its_line():

@@ -59,7 +59,7 @@ def test_measured_batch_is_prepared_once_before_any_timing(batch):
     # each model measured in the device's passes (interleaved with other devices; here the only one)
     assert events[1:] == [("measure", INPUT)] * (len(archs) * TorchCPU.Options(**FAST).passes)
     assert set(timed) == {arch_hash(a) for a in archs}
-    assert all(error is None and len(ms) == 1 for ms, error in timed.values())
+    assert all(not failures and len(ms) == 1 for ms, failures in timed.values())
 
 
 def test_a_failing_prepare_is_reported_and_every_candidate_still_measured(batch):
@@ -69,4 +69,4 @@ def test_a_failing_prepare_is_reported_and_every_candidate_still_measured(batch)
     with using_reporter(rep):
         timed = time_candidates(archs, {"torch-cpu": device}, None, spec, INPUT)
     assert any("preparing" in line and "converter crashed" in line for line in rep.lines)
-    assert all(error is None and ms[0].source == "measured" for ms, error in timed.values())
+    assert all(not failures and ms[0].source == "measured" for ms, failures in timed.values())

@@ -199,63 +199,58 @@ def timing_passes(device: DeviceBackend) -> int:
 
 def fastest_on_each_device(
     devices: dict[str, DeviceBackend], measure: Callable[[DeviceBackend], Measurement]
-) -> tuple[list[Measurement], str | None]:
+) -> tuple[list[Measurement], dict[str, str]]:
     """Measure on every device `passes` times, round-robin over the devices; per device the fastest.
 
     A slow phase of a shared machine can last longer than one measurement; measurements spread
     over time and interleaved with the other devices' fall in different phases, and the fastest
     median is the uncontended one (the rule the LUT follows with `profile.passes`). The kept
-    measurement lists every pass's median in `extra["passes_ms"]`. Stops at the first failure and
-    returns it (device name and reason) with the measurements taken so far.
+    measurement lists every pass's median in `extra["passes_ms"]`. A device that fails is
+    dropped, with its reason in the returned {device: reason}; the others go on.
     """
     passes = {name: timing_passes(device) for name, device in devices.items()}
     medians: dict[str, list[float]] = {}
     best: dict[str, Measurement] = {}
-    error = None
+    failures: dict[str, str] = {}
     for index in range(max(passes.values(), default=0)):
         for name, device in devices.items():
-            if index >= passes[name]:
+            if index >= passes[name] or name in failures:
                 continue
             try:
                 m = measure(device)
             except Exception as exc:
-                error = f"{name}: {describe_error(exc)}"
-                break
+                failures[name] = describe_error(exc)
+                best.pop(name, None)  # a device that fails part-way has no number to trust
+                continue
             medians.setdefault(name, []).append(m.stats.median_ms)
             if name not in best or m.stats.median_ms < best[name].stats.median_ms:
                 best[name] = m
-        if error:
-            break
     kept = [
         replace(best[name], extra={**best[name].extra, "passes_ms": medians[name]})
         for name in devices if name in best
     ]
-    return kept, error
+    return kept, failures
 
 
 def measure_everywhere(
     devices: dict[str, DeviceBackend], model: torch.nn.Module, input_shape: tuple[int, ...]
-) -> tuple[list[Measurement], str | None]:
+) -> tuple[list[Measurement], dict[str, str]]:
     """Time `model` on every device, one measurement at a time, so no two timings share the cores;
     each device's `passes` measurements interleaved with the other devices', the fastest kept.
 
-    Returns the measurements taken and the first failure (device name and reason), if any.
+    Returns the measurements taken and {device: reason} of the devices that failed; one device
+    failing does not stop the others.
     """
     return fastest_on_each_device(devices, lambda device: device.measure_model(model, input_shape))
 
 
 def measure_artifact_everywhere(
     devices: dict[str, DeviceBackend], path: str, fmt: str, input_shape: tuple[int, ...]
-) -> list[Measurement]:
-    """Time a deployed file on every device that runs its format, by the rules of `measure_everywhere`.
-
-    Raises a DeviceError naming the device when one fails.
-    """
+) -> tuple[list[Measurement], dict[str, str]]:
+    """Time a deployed file on every device that runs its format, by the rules of `measure_everywhere`;
+    returns the measurements and {device: reason} of the devices that failed."""
     runs = {name: device for name, device in devices.items() if fmt in device.artifact_formats}
-    measured, error = fastest_on_each_device(runs, lambda device: device.measure_artifact(path, fmt, input_shape))
-    if error:
-        raise DeviceError(error)
-    return measured
+    return fastest_on_each_device(runs, lambda device: device.measure_artifact(path, fmt, input_shape))
 
 
 def prepare_everywhere(

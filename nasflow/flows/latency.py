@@ -139,11 +139,12 @@ def time_candidates(
     models: dict[str, LatencyModel] | None,
     spec: Spec,
     input_shape: tuple[int, ...],
-) -> dict[str, tuple[list[Measurement], str | None]]:
+) -> dict[str, tuple[list[Measurement], dict[str, str]]]:
     """Latency of each architecture on every device: measured, or predicted plus a measured sample.
 
-    Predicted rows come first, so the score uses the same (predicted) scale for every candidate;
-    the measured rows of the sampled candidates are recorded beside them and feed the drift check.
+    Returns {arch hash: (measurements, {device: why it has no number})}. Predicted rows come
+    first, so the score uses the same (predicted) scale for every candidate; the measured rows of
+    the sampled candidates are recorded beside them and feed the drift check.
     """
     from ..space import arch_hash
     from .evaluate import describe_error, measure_everywhere, model_for, prepare_everywhere
@@ -159,17 +160,20 @@ def time_candidates(
         if not models:
             timed[h] = measure_everywhere(devices, built[h], input_shape)
             continue
-        try:
-            predicted = [model.measurement(arch) for model in models.values()]
-        except Exception as exc:  # e.g. an operator missing from the LUT: this candidate fails
-            timed[h] = ([], describe_error(exc))
-            continue
-        error = None
+        predicted, failures = [], {}
+        for name, model in models.items():
+            try:
+                predicted.append(model.measurement(arch))
+            except Exception as exc:  # e.g. an operator missing from the LUT: no number on this device
+                failures[name] = describe_error(exc)
         if h in built:
-            real, error = measure_everywhere(devices, built[h], input_shape)
+            real, real_failures = measure_everywhere(devices, built[h], input_shape)
             by_device = {m.device: m for m in predicted}
             for m in real:
-                models[m.device].observe(by_device[m.device].stats.median_ms, m.stats.median_ms)
+                if m.device in by_device:
+                    models[m.device].observe(by_device[m.device].stats.median_ms, m.stats.median_ms)
             predicted += real
-        timed[h] = (predicted, error)
+            for name, reason in real_failures.items():
+                failures.setdefault(name, reason)
+        timed[h] = (predicted, failures)
     return timed

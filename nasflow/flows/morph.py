@@ -1,4 +1,9 @@
-"""Morph stage: shrink the best trained candidates with a compressor; children keep their lineage."""
+"""Morph stage: shrink the best trained candidates with a compressor; children keep their lineage.
+
+A child's id is (parent, compressor settings): compressing the same parent with the same settings
+is the same candidate whatever architecture comes out, so a failed compression and its later
+success share one row. Each child is recorded as soon as it is compressed and timed.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +19,40 @@ from ..objectives import score
 from ..plugin_api import CompressContext
 from ..plugins import get_plugins
 from ..progress import reporter
+from ..registry import Registry
 from ..space import arch_hash, format_arch, parse_arch
+from ..spec import Spec
 from ..train import cpu_state_dict, evaluate
 from ..train_device import resolve_device
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, measure_everywhere
-from .records import candidate_id, checkpoint_path, measurement_rows
-from .train import best_candidates, load_trained
+from .records import (
+    candidate_id, checkpoint_path, device_failure_rows, measurement_rows, objective_failure, retried, stage_key,
+)
+from .selection import best_candidates, over_cap, with_latency
+from .train import current_train_rows, load_trained
 
 STAGE = "morph"
+
+
+def morph_key(spec: Spec) -> str:
+    """Settings key of morph rows: the compressor and its options (the parent is in the id)."""
+    return stage_key({"compressor": spec.morph.compressor, "options": spec.morph.options})
+
+
+def current_morph_rows(registry: Registry, ctx: RunContext, train_rows: list[dict]) -> list[dict]:
+    """Morph rows of the current compressor settings whose parents are the current train rows."""
+    key = morph_key(ctx.spec)
+    parents = {r["candidate_id"] for r in train_rows}
+    rows = [
+        r for r in registry.get_candidates(ctx.run_id, stage=STAGE)
+        if (r.get("extra") or {}).get("stage_key") == key and r["parent_id"] in parents
+    ]
+    return with_latency(registry, rows, ctx.spec.objective_device, [d.name for d in ctx.spec.devices])
+
+
+def child_id(ctx: RunContext, parent: dict) -> str:
+    return candidate_id(ctx.run_id, STAGE, None, parent["candidate_id"], morph_key(ctx.spec))
 
 
 @task(name="compress-candidate", cache_policy=NO_CACHE, persist_result=False)
@@ -48,54 +78,53 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
         )
     except Exception as exc:  # a failed compression is recorded, the run goes on
         return {"error": describe_error(exc)}
-    child = format_arch(result.arch)
-    cand_id = candidate_id(ctx.run_id, STAGE, arch_hash(child), parent["candidate_id"])
-    ckpt = checkpoint_path(spec.execution.work_dir, ctx.run_id, cand_id)
+    ckpt = checkpoint_path(spec.execution.work_dir, ctx.run_id, child_id(ctx, parent))
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save(cpu_state_dict(result.model), ckpt)
     return {
-        "error": None, "arch": child, "candidate_id": cand_id, "checkpoint": str(ckpt),
+        "error": None, "arch": format_arch(result.arch), "checkpoint": str(ckpt),
         "accuracy": result.val_accuracy, "val_loss": result.val_loss, "stats": result.stats,
         "test_accuracy": evaluate(result.model, data, split="test")[0],
     }
 
 
-def _done_children(rows: list[dict]) -> dict[str, dict]:
-    """Parent id -> finished child whose weights are still on disk (reused on re-run)."""
-    done = {}
-    for row in rows:
-        ckpt = (row.get("extra") or {}).get("checkpoint")
-        if row["status"] == "ok" and ckpt and Path(ckpt).exists():
-            done[row["parent_id"]] = row
-    return done
+def _done(row: dict | None) -> bool:
+    """Whether a stored child is finished: ok, and its weights still on disk (reused on re-run)."""
+    ckpt = ((row or {}).get("extra") or {}).get("checkpoint")
+    return bool(row and row["status"] == "ok" and ckpt and Path(ckpt).exists())
 
 
 def _child_row(ctx: RunContext, parent: dict, result: dict, devices) -> tuple[dict, list[dict]]:
     spec = ctx.spec
+    cand_id = child_id(ctx, parent)
+    extra = {"compressor": spec.morph.compressor, "stage_key": morph_key(spec)}
     if result["error"]:
-        failed_id = candidate_id(ctx.run_id, STAGE, "failed", parent["candidate_id"])
         return {
-            "candidate_id": failed_id, "run_id": ctx.run_id, "stage": STAGE, "arch": parent["arch"],
+            "candidate_id": cand_id, "run_id": ctx.run_id, "stage": STAGE, "arch": parent["arch"],
             "arch_hash": parent["arch_hash"], "parent_id": parent["candidate_id"], "status": "failed",
-            "error": result["error"],
+            "error": result["error"], "extra": extra,
         }, []
     data = load_dataset(spec.dataset)
     model = load_trained(ctx, result["arch"], result["checkpoint"])
-    measured, error = measure_everywhere(devices, model, data.input_shape)
+    measured, failures = measure_everywhere(devices, model, data.input_shape)
+    h = arch_hash(result["arch"])
+    # Nothing pruned (or pruned and re-expanded to the same widths): the same architecture,
+    # fine-tuned further. Recorded, and said so, rather than passed off as a smaller model.
+    extra = {**result["stats"], **extra, "checkpoint": result["checkpoint"], "same_arch_as_parent": h == parent["arch_hash"]}
     row = {
-        "candidate_id": result["candidate_id"], "run_id": ctx.run_id, "stage": STAGE, "arch": result["arch"],
-        "arch_hash": arch_hash(result["arch"]), "parent_id": parent["candidate_id"],
-        "extra": {"checkpoint": result["checkpoint"], "compressor": spec.morph.compressor, **result["stats"]},
+        "candidate_id": cand_id, "run_id": ctx.run_id, "stage": STAGE, "arch": result["arch"],
+        "arch_hash": h, "parent_id": parent["candidate_id"], "extra": extra,
         **arch_costs(parse_arch(result["arch"]), spec.dataset),
+        "accuracy": result["accuracy"], "accuracy_source": "full", "test_accuracy": result["test_accuracy"],
+        "val_loss": result["val_loss"],
     }
+    error = objective_failure(spec.objective_device, failures)
     if error:
         row.update(status="failed", error=error)
     else:
-        latency = latency_on(measured, spec.objective_device)
-        row.update(status="ok", accuracy=result["accuracy"], accuracy_source="full",
-                   test_accuracy=result["test_accuracy"], val_loss=result["val_loss"],
-                   score=score(result["accuracy"], latency, spec.objectives))
-    return row, measurement_rows(row["candidate_id"], ctx.run_id, measured)
+        row.update(status="ok", score=score(result["accuracy"], latency_on(measured, spec.objective_device), spec.objectives))
+    mrows = measurement_rows(cand_id, ctx.run_id, measured) + device_failure_rows(cand_id, ctx.run_id, failures)
+    return row, mrows
 
 
 @flow(name="morph", persist_result=False, validate_parameters=False)
@@ -103,19 +132,28 @@ def morph_stage(ctx: RunContext) -> dict[str, Any]:
     spec = ctx.spec
     registry = ctx.registry()
     rep = reporter()
-    parents = best_candidates(registry.get_candidates(ctx.run_id, stage="train"), spec.morph.top_k)
-    done = _done_children(registry.get_candidates(ctx.run_id, stage=STAGE))
-    todo = [p for p in parents if p["candidate_id"] not in done]
-    rep.stage_start(STAGE, len(parents), f"{spec.morph.compressor} on {len(parents)} trained candidates")
+    train_rows = current_train_rows(registry, ctx)
+    parents = best_candidates(train_rows, spec.morph.top_k, spec.objectives)
+    over = over_cap(train_rows, spec.objectives)
+    stored = {r["candidate_id"]: r for r in registry.get_candidates(ctx.run_id, stage=STAGE)}
+    todo = [p for p in parents if not _done(stored.get(child_id(ctx, p)))]
+    cap_note = f"; {over} trained models over objectives.max_latency_ms left out" if over else ""
+    rep.stage_start(STAGE, len(parents), f"{spec.morph.compressor} on {len(parents)} trained candidates{cap_note}")
     rep.advance(STAGE, len(parents) - len(todo), "reused from the registry" if len(todo) < len(parents) else "")
     devices = make_devices(spec.devices)
-    summaries = []
+    unchanged = 0
     for parent in todo:
         row, mrows = _child_row(ctx, parent, compress_candidate(ctx, parent), devices)
-        registry.add_evaluated([row], mrows)
-        summaries.append(row)
-        info = (f"{parent['macs']:,} -> {row['macs']:,} MACs, acc {row['accuracy']:.3f}"
-                if row["status"] == "ok" else f"failed: {row['error']}")
+        row = retried(row, stored.get(row["candidate_id"]))
+        registry.add_evaluated([row], mrows, replace=True)
+        if row["status"] != "ok":
+            info = f"failed: {row['error']}"
+        elif row["extra"]["same_arch_as_parent"]:
+            unchanged += 1
+            info = f"nothing pruned: same architecture as its parent, fine-tuned; acc {row['accuracy']:.3f}"
+        else:
+            info = f"{parent['macs']:,} -> {row['macs']:,} MACs, acc {row['accuracy']:.3f}"
         rep.advance(STAGE, 1, info)
-    rep.stage_end(STAGE, f"{len(todo)} compressed, {len(parents) - len(todo)} reused")
-    return {"compressed": len(todo), "reused": len(parents) - len(todo)}
+    same = f", {unchanged} left the architecture unchanged" if unchanged else ""
+    rep.stage_end(STAGE, f"{len(todo)} compressed, {len(parents) - len(todo)} reused{same}{cap_note}")
+    return {"compressed": len(todo), "reused": len(parents) - len(todo), "unchanged": unchanged, "over_cap": over}

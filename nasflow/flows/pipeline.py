@@ -27,6 +27,7 @@ from .prefect_server import ApiServer, start_api_server, use_api_server
 from .profile import profile_stage, smallest_genome
 from .runners import make_task_runner
 from .search import search_stage
+from .selection import with_latency
 from .train import train_stage
 
 STAGES = ("profile", "search", "train", "morph", "deploy")
@@ -55,7 +56,7 @@ def pipeline_flow(ctx: RunContext) -> dict[str, Any]:
 @dataclass
 class RunSummary:
     run_id: str
-    resumed: bool
+    resumed: bool  # the run was in the registry before this call
     stages: dict[str, Any]
     objective_device: str
     devices: list[str]
@@ -63,6 +64,19 @@ class RunSummary:
     counts: dict[str, int] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     registry_path: str = ""
+    reused: dict[str, int] = field(default_factory=dict)  # finished results taken from the registry, per stage
+    warnings: list[str] = field(default_factory=list)  # said during the run, repeated for the end
+
+    @property
+    def resume_message(self) -> str | None:
+        """What a resumed run reused, or None for a new run; never claims reuse that did not happen."""
+        if not self.resumed:
+            return None
+        reused = {stage: n for stage, n in self.reused.items() if n}
+        if not reused:
+            return f"resumed run {self.run_id}: nothing finished was found to reuse, everything was computed now"
+        what = ", ".join(f"{stage} {n}" for stage, n in reused.items())
+        return f"resumed: finished work was reused from the registry ({what})"
 
 
 def _start_run_helpers() -> ApiServer | None:
@@ -146,21 +160,7 @@ def candidate_table(registry: Registry, run_id: str, objective_device: str, devi
     rows = []
     for stage in ("search", "train", "morph"):
         rows += [r for r in registry.get_candidates(run_id, stage=stage) if r["status"] == "ok"]
-    measurements = registry.get_measurements([r["candidate_id"] for r in rows]) if rows else []
-    by_candidate: dict[str, dict[str, dict]] = {}
-    for m in measurements:
-        if m["artifact_id"] is None and m["metric"] == "latency":
-            per_device = by_candidate.setdefault(m["candidate_id"], {})
-            # a number measured on the device wins over a predicted one for the same candidate
-            if m["device"] not in per_device or m["source"] == "measured":
-                per_device[m["device"]] = m
-    for row in rows:
-        per_device = by_candidate.get(row["candidate_id"], {})
-        row["latency"] = {d: per_device[d] for d in devices if d in per_device}
-        objective = per_device.get(objective_device)
-        row["latency_ms"] = objective["median_ms"] if objective else None
-        row["latency_source"] = objective["source"] if objective else None
-    return rows
+    return with_latency(registry, rows, objective_device, devices)
 
 
 def summarize(registry: Registry, ctx: RunContext, stages: dict[str, Any], resumed: bool) -> RunSummary:
@@ -170,6 +170,11 @@ def summarize(registry: Registry, ctx: RunContext, stages: dict[str, Any], resum
     counts: dict[str, int] = {}
     for stage in ("search", "train", "morph"):
         counts[stage] = len(registry.get_candidates(ctx.run_id, stage=stage))
+    deployed = set((stages.get("deploy") or {}).get("artifact_ids", []))
+    # finished results each stage took from the registry (train: also models trained before an
+    # interruption that only needed timing)
+    reused = {stage: int(result.get("reused", 0)) + int(result.get("timed", 0))
+              for stage in ("search", "train", "morph", "deploy") if isinstance(result := stages.get(stage), dict)}
     return RunSummary(
         run_id=ctx.run_id,
         resumed=resumed,
@@ -178,8 +183,11 @@ def summarize(registry: Registry, ctx: RunContext, stages: dict[str, Any], resum
         devices=devices,
         front=pareto_front(table),
         counts=counts,
-        artifacts=registry.get_artifacts(ctx.run_id),
+        # the artifacts of this run's current deploy settings, not every file it ever exported
+        artifacts=[a for a in registry.get_artifacts(ctx.run_id) if a["artifact_id"] in deployed],
         registry_path=str(spec.registry.path),
+        reused=reused,
+        warnings=list((stages.get("search") or {}).get("warnings", [])),
     )
 
 

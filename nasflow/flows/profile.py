@@ -37,9 +37,9 @@ def profile_stage(ctx: RunContext) -> list[dict]:
     model = model_for(space.to_arch(smallest_genome(space, data.image_size)), spec.dataset)
     records = []
     for name, device in make_devices(spec.devices).items():
-        measurements, error = measure_everywhere({name: device}, model, data.input_shape)
-        if error:
-            raise DeviceError(f"device check failed on {error}")
+        measurements, failures = measure_everywhere({name: device}, model, data.input_shape)
+        if failures:
+            raise DeviceError(f"device check failed on {name}: {failures[name]}")
         m = measurements[0]
         record = {"device": name, "runtime": m.runtime, "fingerprint": m.fingerprint, "reference_ms": m.stats.median_ms}
         if spec.profile.lut:

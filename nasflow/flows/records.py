@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -17,8 +18,79 @@ def stable_id(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def candidate_id(run_id: str, stage: str, arch_hash: str, parent_id: str | None = None) -> str:
-    return stable_id("candidate", run_id, stage, arch_hash, parent_id)
+def stage_key(settings: Any) -> str:
+    """Short hash of the settings a stage made a row with: part of the row's id (its cache key).
+
+    Changing a stage's settings gives new rows beside the old ones, and later stages pick the rows
+    whose key matches the current settings.
+    """
+    return stable_id("settings", json.dumps(settings, sort_keys=True, default=str))[:12]
+
+
+def candidate_id(
+    run_id: str, stage: str, arch_hash: str | None, parent_id: str | None = None, key: str | None = None
+) -> str:
+    """Identity of a candidate row: search rows by architecture; train and morph rows by what they
+    were made from (parent, architecture) and with (`key`, their stage's settings)."""
+    if key is None:  # ids of search rows (and of rows written before stage keys existed)
+        return stable_id("candidate", run_id, stage, arch_hash, parent_id)
+    return stable_id("candidate", run_id, stage, arch_hash, parent_id, key)
+
+
+def retried(row: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
+    """`row` as it supersedes `stored`, the row with the same id already recorded.
+
+    After a failure, `row` is the next attempt: `extra.attempts` counts evaluations and
+    `extra.last_error` keeps the failure. After an ok row (one completed in steps, such as a
+    trained model getting its timings) the stored history carries over unchanged.
+    """
+    if stored is None:
+        return row
+    extra = dict(row.get("extra") or {})
+    before = stored.get("extra") or {}
+    if stored.get("status") == "failed":
+        extra["attempts"] = int(before.get("attempts", 1)) + 1
+        extra["last_error"] = stored.get("error")
+    else:
+        extra.update({k: before[k] for k in ("attempts", "last_error") if k in before})
+    return {**row, "extra": extra}
+
+
+def objective_failure(objective_device: str, failures: dict[str, str]) -> str | None:
+    """The candidate's error when the device that drives the objective has no number, else None
+    (other devices' failures are their own measurement rows)."""
+    reason = failures.get(objective_device)
+    if reason is None:
+        return None
+    return reason if reason.startswith(f"{objective_device}:") else f"{objective_device}: {reason}"
+
+
+def failed_measurement_row(
+    cand_id: str, run_id: str, device: str, artifact_format: str, error: str, artifact_id: str | None = None
+) -> dict[str, Any]:
+    """The record of a timing that failed on one device: no number, the reason in `extra.error`.
+
+    The candidate (or artifact) it belongs to stays recorded; only this device has no latency.
+    """
+    return {
+        "measurement_id": stable_id("measurement", cand_id, device, artifact_format, "measured", artifact_id),
+        "candidate_id": cand_id,
+        "run_id": run_id,
+        "device": device,
+        "artifact_format": artifact_format,
+        "artifact_id": artifact_id,
+        "source": "measured",
+        "metric": "latency",
+        "unit": "ms",
+        "extra": {"error": error},
+    }
+
+
+def device_failure_rows(
+    cand_id: str, run_id: str, failures: dict[str, str], artifact_format: str = "pytorch", artifact_id: str | None = None
+) -> list[dict[str, Any]]:
+    """failed_measurement_row for each device of `failures` ({device: reason})."""
+    return [failed_measurement_row(cand_id, run_id, d, artifact_format, e, artifact_id) for d, e in failures.items()]
 
 
 def checkpoint_path(work_dir: Path, run_id: str, cand_id: str) -> Path:
@@ -84,8 +156,9 @@ class BufferedWriter:
     context manager: what is buffered is flushed on exit, also on Ctrl-C or an error.
     """
 
-    def __init__(self, registry, max_rows: int = 256, max_seconds: float = 2.0):
+    def __init__(self, registry, max_rows: int = 256, max_seconds: float = 2.0, replace: bool = False):
         self.registry = registry
+        self.replace = replace  # rows supersede stored ones with the same id (see Registry.add_evaluated)
         self.max_rows, self.max_seconds = max_rows, max_seconds
         self._candidates: list[dict] = []
         self._measurements: list[dict] = []
@@ -99,7 +172,7 @@ class BufferedWriter:
 
     def flush(self) -> None:
         if self._candidates or self._measurements:
-            self.registry.add_evaluated(self._candidates, self._measurements)
+            self.registry.add_evaluated(self._candidates, self._measurements, replace=self.replace)
         self._candidates, self._measurements = [], []
         self._last = time.monotonic()
 

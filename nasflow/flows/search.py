@@ -1,36 +1,49 @@
-"""Search stage: ask the strategy, time candidates on the devices, proxy-train them, tell scores."""
+"""Search stage: ask the strategy, time candidates on the devices, proxy-train them, tell scores.
+
+`search.budget` counts distinct architectures evaluated: a proposal that repeats one already
+evaluated in this search is told its recorded score and costs nothing. The strategy always asks
+for full `search.batch_size` batches and the budget only cuts the last one short, so the sequence
+of proposals does not depend on the budget: re-running the spec replays the strategy (seeded, told
+the recorded scores) through the registry's rows, and a raised budget continues where the old one
+stopped. Candidates that failed are evaluated again on a re-run, and a success replaces the row.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from prefect import flow
 
-from ..data import load_dataset
+from ..data import Dataset, load_dataset
+from ..errors import SpecError
 from ..objectives import score
-from ..plugin_api import Genome
+from ..plugin_api import DeviceBackend, Genome
 from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
+from ..spec import Spec
 from .context import RunContext
-from .latency import load_latency_models, time_candidates
-from .evaluate import arch_costs, latency_on, make_devices, train_in_parallel
-from .records import BufferedWriter, candidate_id, measurement_rows
+from .evaluate import arch_costs, describe_error, latency_on, make_devices, model_for, train_in_parallel
+from .latency import LatencyModel, load_latency_models, time_candidates
+from .profile import smallest_genome
+from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, objective_failure, retried
 
 STAGE = "search"
 
+# Consecutive proposals that bring no new architecture before the search gives up on the budget
+# (a space smaller than the budget, or a strategy that only repeats itself).
+STALL_PROPOSALS = 200
 
-def _unique_new(archs: list[Arch], known: dict[str, dict]) -> list[Arch]:
-    seen, todo = set(), []
-    for arch in archs:
-        h = arch_hash(arch)
-        if h not in known and h not in seen:
-            seen.add(h)
-            todo.append(arch)
-    return todo
+# A latency cap this far below the fastest architecture's latency cannot be met by any
+# candidate (the estimate is one noisy number, hence the margin); closer than that, a warning.
+# A target (soft, MnasNet) is only warned about, when clearly below the fastest.
+CAP_REFUSE_BELOW, CAP_WARN_BELOW = 2 / 3, 1.1
 
 
-def _candidate_row(ctx: RunContext, arch: Arch, genome: Genome, trained: dict, measured, error: str | None) -> dict[str, Any]:
+def _candidate_row(
+    ctx: RunContext, arch: Arch, genome: Genome, trained: dict, measured, failures: dict[str, str]
+) -> dict[str, Any]:
     spec = ctx.spec
     h = arch_hash(arch)
     row: dict[str, Any] = {
@@ -42,7 +55,8 @@ def _candidate_row(ctx: RunContext, arch: Arch, genome: Genome, trained: dict, m
         "extra": {"genome": list(genome), "proxy_epochs": spec.search.proxy.epochs, "proxy_subset": spec.search.proxy.subset},
         **arch_costs(arch, spec.dataset),
     }
-    error = error or trained.get("error")
+    # Another device failing leaves its own failed measurement row; only the objective's decides.
+    error = trained.get("error") or objective_failure(spec.objective_device, failures)
     if error:
         row.update(status="failed", error=error, train_seconds=trained.get("train_seconds"))
         return row
@@ -59,9 +73,119 @@ def _candidate_row(ctx: RunContext, arch: Arch, genome: Genome, trained: dict, m
     return row
 
 
+# ------------------------------------------------------------------ checks that protect the user
+
+
+def chance_band(num_classes: int, val_size: int) -> tuple[float, float]:
+    """(chance accuracy, upper edge of its binomial 2-sigma band on `val_size` validation images)."""
+    chance = 1.0 / num_classes
+    margin = 2.0 * math.sqrt(chance * (1.0 - chance) / max(val_size, 1))
+    return chance, chance + margin
+
+
+def chance_level_warning(rows: list[dict], spec: Spec, data: Dataset) -> str | None:
+    """A warning when most proxy accuracies are indistinguishable from guessing, else None."""
+    accuracies = sorted(r["accuracy"] for r in rows if r["status"] == "ok" and r.get("accuracy") is not None)
+    if len(accuracies) < 3:
+        return None
+    chance, upper = chance_band(data.num_classes, len(data.val_y))
+    at_chance = sum(1 for a in accuracies if a <= upper)
+    if at_chance * 2 < len(accuracies):
+        return None
+    raise_these = [f"search.proxy.epochs (now {spec.search.proxy.epochs})"]
+    if spec.search.proxy.subset < 1:
+        raise_these.append(f"search.proxy.subset (now {spec.search.proxy.subset:g})")
+    if spec.dataset.subset is not None:
+        raise_these.append(f"dataset.subset (now {spec.dataset.subset:,} images)")
+    return (
+        f"{at_chance} of {len(accuracies)} search candidates have a proxy accuracy at chance level "
+        f"(at most {upper:.3f}: chance is {chance:.3f} for {data.num_classes} classes, plus 2 sigma on "
+        f"{len(data.val_y):,} validation images; best {accuracies[-1]:.3f}), so the search ranks noise; "
+        f"raise {', '.join(raise_these)}"
+    )
+
+
+def fastest_latency(
+    spec: Spec, space: LayerwiseSpace, devices: dict[str, DeviceBackend],
+    latency_models: dict[str, LatencyModel] | None, data: Dataset,
+) -> tuple[str, float, str]:
+    """(arch, latency in ms, source) of the space's fastest architecture on the objective device,
+    by the search's own latency source: its LUT or predictor when it uses one, else measured."""
+    arch = space.to_arch(smallest_genome(space))
+    device = spec.objective_device
+    if latency_models:
+        model = latency_models[device]
+        return format_arch(arch), float(model.predictor.predict(arch)), model.source
+    measurement = devices[device].measure_model(model_for(arch, spec.dataset), data.input_shape)
+    return format_arch(arch), measurement.stats.median_ms, "measured"
+
+
+def latency_goal_warnings(
+    spec: Spec, space: LayerwiseSpace, devices: dict[str, DeviceBackend],
+    latency_models: dict[str, LatencyModel] | None, data: Dataset,
+) -> list[str]:
+    """Refuse a latency cap no architecture of the space can meet; warn about one barely met, or a
+    target below every architecture. Runs before any candidate is evaluated."""
+    objectives = spec.objectives
+    target = objectives.target_ms if objectives.reward == "mnasnet" else None
+    if objectives.max_latency_ms is None and target is None:
+        return []
+    try:
+        arch, fastest, source = fastest_latency(spec, space, devices, latency_models, data)
+    except Exception as exc:  # the candidates' own timings will show the problem; the check is advice
+        return [f"the latency goal could not be checked before the search: {describe_error(exc)}"]
+    where = f"the space's fastest architecture ({arch}) takes {fastest:.4g} ms on {spec.objective_device} ({source})"
+    messages = []
+    cap = objectives.max_latency_ms
+    if cap is not None and cap < fastest * CAP_REFUSE_BELOW:
+        raise SpecError(
+            f"objectives.max_latency_ms {cap:g} ms cannot be met: {where}; raise the cap, or make the space's "
+            "smallest choices smaller (fewer or narrower stages, smaller kernels and expansions, allow_skip)"
+        )
+    if cap is not None and cap < fastest * CAP_WARN_BELOW:
+        messages.append(
+            f"objectives.max_latency_ms {cap:g} ms is barely reachable: {where}; few or no candidates will meet "
+            "it, and only those are trained and deployed"
+        )
+    if target is not None and target * CAP_WARN_BELOW < fastest:
+        messages.append(
+            f"objectives.target_ms {target:g} ms is out of reach: {where}; the MnasNet reward penalises every "
+            "candidate for latency; raise the target to one the space can reach"
+        )
+    return messages
+
+
+def _warn(message: str) -> None:
+    """Say it on the progress channel now (stderr stays for the run's one error or interrupt line);
+    the run's summary repeats it at the end."""
+    reporter().message(f"warning: {message}")
+
+
+# ------------------------------------------------------------------ the stage
+
+
+def _take(archs: list[Arch], seen: dict[str, dict], room: int) -> tuple[list[Arch], int, int]:
+    """(new architectures within `room`, in order; proposals told; duplicates among them).
+
+    Proposals are taken in order: a repeat of an architecture already in the search (or earlier
+    in the batch) is a duplicate; the first new one past the budget ends the batch.
+    """
+    new, batch, duplicates = [], set(), 0
+    for told, arch in enumerate(archs):
+        h = arch_hash(arch)
+        if h in seen or h in batch:
+            duplicates += 1
+        elif len(new) < room:
+            new.append(arch)
+            batch.add(h)
+        else:
+            return new, told, duplicates
+    return new, len(archs), duplicates
+
+
 @flow(name="search", persist_result=False, validate_parameters=False)
 def search_stage(ctx: RunContext) -> dict[str, Any]:
-    """Evaluate `search.budget` proposals; returns counts. Re-running replays the registry's results."""
+    """Evaluate `search.budget` distinct architectures; returns counts. Re-running replays the registry's results."""
     spec = ctx.spec
     registry = ctx.registry()
     rep = reporter()
@@ -70,15 +194,29 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     strategy = get_plugins().create("search", spec.search.strategy, spec.search.options, space, spec.execution.seed)
     devices = make_devices(spec.devices)
     latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)
-    known = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
-    reused = len(known)
-    budget, proposed, evaluated = spec.search.budget, 0, 0
+    notes = latency_goal_warnings(spec, space, devices, latency_models, data)
+    for note in notes:
+        _warn(note)
+    stored = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
+    budget = spec.search.budget
+    seen: dict[str, dict] = {}  # arch hash -> row of every architecture this search has reached
+    counts = {"proposed": 0, "duplicates": 0, "evaluated": 0, "reused": 0, "retried": 0}
+    stalled, stopped, chance_note = 0, None, None
     rep.stage_start(STAGE, budget, f"{spec.search.strategy} over {space.size():,} architectures")
-    with BufferedWriter(registry) as writer:
-        while proposed < budget:
-            genomes = strategy.ask(min(spec.search.batch_size, budget - proposed))
+    with BufferedWriter(registry, replace=True) as writer:
+        while len(seen) < budget:
+            if len(seen) >= space.size() or stalled >= STALL_PROPOSALS:
+                stopped = (
+                    f"stopped at {len(seen)} of {budget} architectures: "
+                    + ("the space has no more" if len(seen) >= space.size()
+                       else f"the last {stalled} proposals all repeated earlier ones")
+                )
+                break
+            genomes = strategy.ask(spec.search.batch_size)
             archs = [space.to_arch(g) for g in genomes]
-            todo = _unique_new(archs, known)
+            new, told, duplicates = _take(archs, seen, budget - len(seen))
+            reused = [a for a in new if stored.get(arch_hash(a), {}).get("status") == "ok"]
+            todo = [a for a in new if stored.get(arch_hash(a), {}).get("status") != "ok"]
             # Latency first, serially, while no training task runs: timings must not share cores.
             measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
             trained = train_in_parallel(
@@ -86,22 +224,41 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                 spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
                 device=spec.execution.device, amp=spec.execution.amp,
             )
-            rows, mrows = [], []
             genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}
+            rows, mrows = [], []
             for arch, result in zip(todo, trained):
                 h = arch_hash(arch)
-                ms, error = measured[h]
-                row = _candidate_row(ctx, arch, genome_of[h], result, ms, error)
+                ms, failures = measured[h]
+                row = retried(_candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
                 rows.append(row)
-                mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms)
-                known[h] = row
+                mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms) + device_failure_rows(
+                    row["candidate_id"], ctx.run_id, failures
+                )
+                seen[h] = row
+            for arch in reused:
+                seen[arch_hash(arch)] = stored[arch_hash(arch)]
             writer.add(rows, mrows)  # candidates and their measurements land in one transaction
-            strategy.tell([(g, known[arch_hash(a)].get("score")) for g, a in zip(genomes, archs)])
-            proposed += len(genomes)
-            evaluated += len(todo)
-            best = max((r["score"] for r in known.values() if r.get("score") is not None), default=None)
-            rep.advance(STAGE, len(genomes), f"best score {best:.4f}" if best is not None else "no successful candidate yet")
-    failed = sum(1 for r in known.values() if r["status"] != "ok")
-    summary = {"proposed": proposed, "evaluated": evaluated, "reused": reused, "unique": len(known), "failed": failed}
-    rep.stage_end(STAGE, f"{evaluated} evaluated, {reused} reused from the registry, {failed} failed")
+            # A full batch is told whole; a batch the budget cut short, up to the cut (no ask follows).
+            strategy.tell([(g, seen[arch_hash(a)].get("score")) for g, a in zip(genomes[:told], archs[:told])])
+            stalled = 0 if new else stalled + len(genomes)
+            counts["proposed"] += told
+            counts["duplicates"] += duplicates
+            counts["evaluated"] += len(todo)
+            counts["reused"] += len(reused)
+            counts["retried"] += sum(1 for a in todo if arch_hash(a) in stored)
+            if chance_note is None:
+                chance_note = chance_level_warning(list(seen.values()), spec, data)
+                if chance_note:
+                    _warn(chance_note)
+            best = max((r["score"] for r in seen.values() if r.get("score") is not None), default=None)
+            rep.advance(STAGE, len(new), f"best score {best:.4f}" if best is not None else "no successful candidate yet")
+    final_chance = chance_level_warning(list(seen.values()), spec, data)
+    notes += [n for n in (final_chance, stopped) if n]
+    failed = sum(1 for r in seen.values() if r["status"] != "ok")
+    summary = {**counts, "budget": budget, "distinct": len(seen), "failed": failed, "stopped": stopped, "warnings": notes}
+    rep.stage_end(
+        STAGE,
+        f"{counts['evaluated']} evaluated, {counts['reused']} reused from the registry, {failed} failed, "
+        f"{counts['duplicates']} repeated proposals skipped" + (f"; {stopped}" if stopped else ""),
+    )
     return summary
