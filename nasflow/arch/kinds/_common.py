@@ -35,3 +35,21 @@ def squeeze_width(in_channels: int, ratio: float, squeeze: int | None) -> int:
 def se_params(channels: int, reduced: int) -> int:
     """Two biased 1x1 convs: channels -> reduced -> channels."""
     return channels * reduced + reduced + reduced * channels + channels if reduced else 0
+
+
+def normalise_conv_fields(block, check_width=None) -> None:
+    """Check and normalise the fields every convolutional kind shares, in the order errors are
+    reported: channels, kernel, stride, (the kind's width via `check_width`), squeeze-excite,
+    activation. Records are frozen, so values are set once here."""
+    from ..fields import activation, odd_kernel, positive_int
+
+    set_ = object.__setattr__
+    set_(block, "out", positive_int("channels", block.out))
+    set_(block, "kernel", odd_kernel(block.kernel))
+    set_(block, "stride", positive_int("stride", block.stride))
+    if check_width is not None:
+        check_width(block)
+    se, squeeze = check_se(block.se, block.squeeze)
+    set_(block, "se", se)
+    set_(block, "squeeze", squeeze)
+    set_(block, "act", activation(block.act))

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, Size, same_out
-from ..fields import activation, odd_kernel, positive_int
-from ._common import check_se, se_fields, se_params, squeeze_width
+from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
 
 if TYPE_CHECKING:
     from torch import nn
@@ -36,14 +35,7 @@ class DSBlock(Block):
     squeeze: int | None = None
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "out", positive_int("channels", self.out))
-        set_(self, "kernel", odd_kernel(self.kernel))
-        set_(self, "stride", positive_int("stride", self.stride))
-        se, squeeze = check_se(self.se, self.squeeze)
-        set_(self, "se", se)
-        set_(self, "squeeze", squeeze)
-        set_(self, "act", activation(self.act))
+        normalise_conv_fields(self)
 
     @classmethod
     def from_fields(cls, fields: dict[str, object]) -> DSBlock:

@@ -6,8 +6,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, PrunableGroup, Size, same_out
-from ..fields import activation, odd_kernel, positive_int
-from ._common import check_se, se_fields, se_params, squeeze_width
+from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
 from .ir import check_width, expanded_width, width_field
 
 if TYPE_CHECKING:
@@ -40,15 +39,7 @@ class FusedIRBlock(Block):
     squeeze: int | None = None
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        set_(self, "out", positive_int("channels", self.out))
-        set_(self, "kernel", odd_kernel(self.kernel))
-        set_(self, "stride", positive_int("stride", self.stride))
-        check_width(self)
-        se, squeeze = check_se(self.se, self.squeeze)
-        set_(self, "se", se)
-        set_(self, "squeeze", squeeze)
-        set_(self, "act", activation(self.act))
+        normalise_conv_fields(self, check_width)
 
     @classmethod
     def from_fields(cls, fields: dict[str, object]) -> FusedIRBlock:

@@ -6,8 +6,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, PrunableGroup, Size, check_groups, same_out
-from ..fields import activation, odd_kernel, positive_float, positive_int
-from ._common import check_se, se_fields, se_params, squeeze_width
+from ..fields import positive_float, positive_int
+from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,14 +62,7 @@ class IRBlock(Block):
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        set_(self, "out", positive_int("channels", self.out))
-        set_(self, "kernel", odd_kernel(self.kernel))
-        set_(self, "stride", positive_int("stride", self.stride))
-        check_width(self)
-        se, squeeze = check_se(self.se, self.squeeze)
-        set_(self, "se", se)
-        set_(self, "squeeze", squeeze)
-        set_(self, "act", activation(self.act))
+        normalise_conv_fields(self, check_width)
         set_(self, "groups", positive_int("groups", self.groups))
         if self.groups > 1:
             widths = [("output channels", self.out)] + ([("mid channels", self.mid)] if self.mid else [])
