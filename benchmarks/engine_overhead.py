@@ -256,15 +256,17 @@ def patched(obj: Any, name: str, value: Any):
 # The quickstart's layer-wise space: 74,088 distinct architectures, realistic model sizes.
 OVERHEAD_SPACE = """\
 space:
-  stem_channels: 16
-  stages:
-    - {channels: 16, layers: 1, stride: 1}
-    - {channels: 24, layers: 2, stride: 2}
-    - {channels: 40, layers: 3, stride: 2}
-  kernels: [3, 5]
-  expansions: [1, 3, 6]
-  allow_skip: true
-  head_channels: 96
+  name: layerwise
+  options:
+    stem_channels: 16
+    stages:
+      - {channels: 16, layers: 1, stride: 1}
+      - {channels: 24, layers: 2, stride: 2}
+      - {channels: 40, layers: 3, stride: 2}
+    kernels: [3, 5]
+    expansions: [1, 3, 6]
+    allow_skip: true
+    head_channels: 96
 """
 
 
@@ -754,7 +756,7 @@ def realistic_rows(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
 
     import yaml
 
-    space = LayerwiseSpace(SpaceConfig.model_validate(yaml.safe_load(OVERHEAD_SPACE)["space"]))
+    space = LayerwiseSpace(SpaceConfig.model_validate(yaml.safe_load(OVERHEAD_SPACE)["space"]["options"]))
     rng = random.Random(seed)
     fingerprints = {d: base_fingerprint(d, "1.0", 1) for d in ("torch-cpu", "onnxruntime-cpu")}
     run_id = "registry-bench-0123456789"

@@ -1,6 +1,6 @@
 """Training throughput benchmark: images per second of proxy training, CPU vs GPU (with and without amp).
 
-Three architectures of the default search space (`LayerwiseSpace(SpaceConfig())`: the smallest,
+Three architectures of the default search space (`LayerwiseSpace(LayerwiseOptions())`: the smallest,
 the median and the largest by MACs at CIFAR-10 geometry, 3x32x32 and 10 classes) are trained
 with `nasflow.train.train_model`, the function proxy and full training use, on real CIFAR-10
 images from `../shared/data/cifar10-jpeg.tar.gz` when it is there and on random uint8 images of

@@ -33,10 +33,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
     spec = loaded.spec
     stages = [s for s in ("profile", "search", "train", "morph", "deploy") if getattr(spec, s).enabled]
     print(f"{args.spec}: valid (run id {spec.run_id()}; stages: {', '.join(stages) or 'none'})")
+    from .spaces import known_geometry
+    from .spec import build_space, space_for_data
+
+    space = build_space(spec, known_geometry(spec.dataset))
     if args.data:
         from .data import load_dataset
 
-        print("\n".join(load_dataset(spec.dataset).summary()))
+        data = load_dataset(spec.dataset)
+        print("\n".join(data.summary()))
+        space = space_for_data(spec, data)
+    print(f"space {spec.space.name}: {len(space.decisions)} decisions, {space.size():,} genomes")
+    for note in space.notes():
+        print(f"  {note}")
     return 0
 
 
@@ -48,7 +57,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = load_spec(args.spec)
     from .data import load_dataset
 
-    load_dataset(loaded.spec.dataset)  # bad data stops the run here, before any flow starts
+    data = load_dataset(loaded.spec.dataset)  # bad data stops the run here, before any flow starts
+    from .spec import space_for_data
+
+    space_for_data(loaded.spec, data)  # and so does a space that does not fit the images
     from .flows.pipeline import run_spec  # imports Prefect: only once the spec is known to be good
 
     console = _console()

@@ -48,31 +48,6 @@ class DatasetConfig(Section):
         return self
 
 
-class StageConfig(Section):
-    channels: int = Field(gt=0)
-    layers: int = Field(gt=0, le=16)
-    stride: Literal[1, 2] = 1
-
-
-class SpaceConfig(Section):
-    type: Literal["layerwise"] = "layerwise"
-    stem_channels: int = Field(16, gt=0)
-    stem_stride: Literal[1, 2] = 1
-    stages: list[StageConfig] = Field(
-        default_factory=lambda: [
-            StageConfig(channels=16, layers=1, stride=1),
-            StageConfig(channels=24, layers=2, stride=2),
-            StageConfig(channels=32, layers=2, stride=2),
-        ],
-        min_length=1,
-    )
-    kernels: list[Literal[3, 5, 7]] = Field(default_factory=lambda: [3, 5], min_length=1)
-    expansions: list[float] = Field(default_factory=lambda: [1.0, 3.0, 6.0], min_length=1)
-    allow_skip: bool = Field(True, description="layers after the first of a stage may be skipped (identity)")
-    se_ratios: list[float] = Field(default_factory=lambda: [0.0], min_length=1, description="squeeze-excite choices")
-    head_channels: int = Field(64, gt=0)
-
-
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -95,6 +70,33 @@ class PluginRef(Section):
 
 class DeviceConfig(PluginRef):
     pass
+
+
+class SpaceRef(PluginRef):
+    """`space: {name: ..., options: {...}}`: a search-space plugin (`nasflow plugins` lists them)."""
+
+    name: str = "layerwise"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_form(cls, data: Any) -> Any:
+        # Before spaces were plugins, the layer-wise space's keys sat directly under `space:`.
+        if isinstance(data, dict) and set(data) - {"name", "options"}:
+            raise ValueError(_legacy_space_message(data))
+        return data
+
+
+def _legacy_space_message(data: dict[str, Any]) -> str:
+    """The error for a spec written before spaces were plugins, showing the same space in the new form."""
+    import json  # noqa: PLC0415
+
+    options = {k: v for k, v in data.items() if k not in ("type", "name", "options")}
+    name = data.get("type") or data.get("name") or "layerwise"
+    inline = ", ".join(f"{k}: {json.dumps(v)}" for k, v in options.items())
+    return (
+        f"space keys ({', '.join(sorted(set(data) - {'name', 'options'}))}) now go under space.options "
+        f"(spaces are plugins); write `space: {{name: {name}, options: {{{inline}}}}}`"
+    )
 
 
 class ObjectivesConfig(Section):
@@ -231,3 +233,13 @@ class ExecutionConfig(Section):
         if self.amp and self.device == "cpu":
             raise ValueError("execution.amp needs a CUDA device; with execution.device 'cpu' training is float32 only")
         return self
+
+
+def __getattr__(name: str) -> Any:
+    # `SpaceConfig` / `StageConfig` were the layer-wise space's models before spaces became
+    # plugins; scripts that import them get the plugin's option models.
+    if name in ("SpaceConfig", "StageConfig"):
+        from .spaces import layerwise  # noqa: PLC0415
+
+        return {"SpaceConfig": layerwise.LayerwiseOptions, "StageConfig": layerwise.StageOptions}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

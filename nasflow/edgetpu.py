@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # torch-dependent modules are imported lazily
     import torch
 
     from .arch import Arch
-    from .config import SpaceConfig
+    from .spaces.layerwise import LayerwiseOptions as SpaceConfig
 
 MODEL_VERSION = "1"
 """Bumped whenever the estimator's structure or constants change (it is part of the runtime)."""

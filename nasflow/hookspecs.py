@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .plugin_api import Compressor, DeviceBackend, SearchStrategy
+from .plugin_api import Compressor, DeviceBackend, SearchSpace, SearchStrategy
 
 PROJECT = "nasflow"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -45,9 +45,20 @@ def nasflow_compressors() -> list[type[Compressor]]:
     """
 
 
+@hookspec
+def nasflow_search_spaces() -> list[type[SearchSpace]]:
+    """Called once when the plugin manager is built.
+
+    Return the SearchSpace subclasses this plugin provides. Each class needs a unique ``name``
+    (the value of ``space.name`` in a spec) and an ``Options`` model for ``space.options``; it is
+    constructed as ``cls(options, geometry)``.
+    """
+
+
 KIND_HOOKS = {
     "search": "nasflow_search_strategies",
     "device": "nasflow_devices",
     "compressor": "nasflow_compressors",
+    "space": "nasflow_search_spaces",
 }
 """Plugin kind -> the hook that lists plugins of that kind."""

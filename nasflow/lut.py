@@ -30,22 +30,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .arch import Block, block_shapes
-from .arch.block import BlockShape
-from .arch.counting import head_size
+from .arch import Block
 from .arch.operators import (
     LutKey,
     Operator,
     arch_lut_keys,
     arch_operators,
-    block_operator,
     head_key,
-    head_operator,
     null_key,
     null_operator,
     shape_str,
     stem_key,
-    stem_operator,
 )
 from .errors import DeviceError, NasflowError
 from .fingerprint import fingerprint_hash
@@ -55,7 +50,7 @@ if TYPE_CHECKING:
 
     from .plugin_api import DeviceBackend, Measurement
     from .registry import Registry
-    from .spaces.layerwise import LayerwiseSpace
+    from .plugin_api import SearchSpace
 
 LutOp = Operator
 """One distinct operator of a space at one input shape (batch first); see `nasflow.arch.operators`."""
@@ -98,30 +93,13 @@ def arch_ops(arch, in_channels: int, num_classes: int, image_size, batch_size: i
 
 
 def lut_entries(
-    space: LayerwiseSpace, in_channels: int, num_classes: int, image_size, batch_size: int = 1
+    space: "SearchSpace", in_channels: int, num_classes: int, image_size, batch_size: int = 1
 ) -> list[LutOp]:
-    """Every distinct (operator, input shape) any architecture of `space` can execute.
+    """Every distinct (operator, input shape) any architecture of `space` can execute, the `null`
+    entry (the runtime's per-call cost, see the module docs) first: the space's `lut_ops`."""
+    from .plugin_api import Geometry
 
-    Spatial sizes depend only on strides (odd kernels, 'same' padding) and a layer's input
-    channels only on the previous stage's width, so each layer position has one input shape.
-    The list starts with the `null` entry (the runtime's per-call cost, see the module docs).
-    """
-    reference = space.to_arch((0,) * space.num_layers)  # choice 0 is never a skip
-    ops: dict[LutKey, LutOp] = {}
-
-    def add(op: LutOp | None) -> None:
-        if op is not None:
-            ops.setdefault(op.lut_key, op)
-
-    add(null_op(in_channels, image_size, batch_size))
-    add(stem_operator(reference, in_channels, image_size, batch_size))
-    shapes = block_shapes(reference, in_channels, image_size)
-    for choices, shape in zip(space.choices, shapes):
-        for block in choices:
-            add(block_operator(block, BlockShape(shape.in_channels, shape.in_size, block.out_size(shape.in_size)), batch_size))
-    # Every genome's last layer keeps the reference's width and stride, so the head sees one shape.
-    add(head_operator(reference, reference.last_channels, num_classes, head_size(reference, in_channels, image_size), batch_size))
-    return list(ops.values())
+    return space.lut_ops(Geometry(in_channels, num_classes, image_size, batch_size))
 
 
 # ---------------------------------------------------------------- measuring and storing
@@ -202,7 +180,7 @@ def measure_ops(
 
 def build_lut(
     device: "DeviceBackend",
-    space: LayerwiseSpace,
+    space: "SearchSpace",
     in_channels: int,
     num_classes: int,
     image_size,
@@ -226,7 +204,7 @@ def stored_lut(registry: "Registry", device_name: str, fp_hash: str) -> dict[Lut
 def load_or_build_lut(
     registry: "Registry",
     device: "DeviceBackend",
-    space: LayerwiseSpace,
+    space: "SearchSpace",
     in_channels: int,
     num_classes: int,
     image_size,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -10,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from .errors import DeviceError
+from .errors import ArchError, DeviceError
 from .strict import StrictModel
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
@@ -18,10 +20,11 @@ if TYPE_CHECKING:  # heavy imports only for type checkers
 
     from .config import TrainConfig
     from .data import Dataset
-    from .space import Arch, LayerwiseSpace
+    from .arch import Arch, Block
+    from .arch.operators import Operator
 
 Genome = tuple[int, ...]
-"""One choice index per searchable layer of a LayerwiseSpace."""
+"""One choice index per decision of a search space (see `SearchSpace.decisions`)."""
 
 Source = Literal["measured", "lut", "predicted", "estimated"]
 
@@ -148,6 +151,11 @@ class DeviceBackend(Plugin):
             extra={"fingerprint_hash": fingerprint_hash(fp), **(extra or {})},
         )
 
+    def op_support(self, block: "Block", in_channels: int) -> OpSupport:
+        """How this device runs `block` fed `in_channels` channels; spaces derived from a device
+        (`edgetpu`) drop what is not `supported`. Default: everything runs."""
+        return OpSupport()
+
     def prepare(
         self,
         jobs: Sequence[tuple["torch.nn.Module", tuple[int, ...]]],
@@ -161,6 +169,18 @@ class DeviceBackend(Plugin):
         """
 
 
+SupportLevel = Literal["supported", "slow", "unsupported"]
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    """How well a device runs one block: `supported`, `slow` (runs, but off the fast path, e.g. on
+    an accelerator's host CPU) or `unsupported`, with the reason for anything but `supported`."""
+
+    level: SupportLevel = "supported"
+    reason: str = ""
+
+
 # ---------------------------------------------------------------- search
 
 
@@ -169,7 +189,10 @@ class SearchStrategy(Plugin):
 
     kind = "search"
 
-    def __init__(self, options: BaseModel | None, space: "LayerwiseSpace", seed: int):
+    needs_supernet: ClassVar[bool] = False
+    """True for one-shot strategies that train `space.supernet()`; refused on spaces without one."""
+
+    def __init__(self, options: BaseModel | None, space: "SearchSpace", seed: int):
         super().__init__(options)
         self.space = space
         self.rng = random.Random(seed)
@@ -217,3 +240,154 @@ class Compressor(Plugin):
     @abstractmethod
     def compress(self, ctx: CompressContext) -> CompressResult:
         """Shrink (and fine-tune) ctx.model; return the child with its validation metrics."""
+
+
+# ---------------------------------------------------------------- search spaces
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """What a network is built for: input channels, classes, input size (h, w), timing batch size."""
+
+    in_channels: int = 3
+    num_classes: int = 10
+    image_size: tuple[int, int] = (32, 32)
+    batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        size = self.image_size
+        object.__setattr__(self, "image_size", (int(size), int(size)) if isinstance(size, int) else tuple(map(int, size)))
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.batch_size, self.in_channels, *self.image_size)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One choice a genome makes: its name (``stage2.kernel``, ``layer5``) and the choices' labels."""
+
+    name: str
+    choices: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SupernetLayer:
+    """A searchable layer of a supernet: genome entry `decision` picks one of `candidates` for the
+    block at `position` of the skeleton; every candidate maps the layer's input shape to one output shape."""
+
+    decision: int
+    position: int
+    candidates: tuple["Block", ...]
+
+
+@dataclass(frozen=True)
+class Supernet:
+    """A space in the form one-shot strategies train: a fixed skeleton (stem, head, and the blocks
+    of every position) whose searchable positions each hold candidate blocks."""
+
+    skeleton: "Arch"
+    layers: tuple[SupernetLayer, ...]
+
+
+class SearchSpace(Plugin):
+    """A set of architectures, addressed by genomes: one choice index per decision.
+
+    A space sets `self.decisions` in its constructor and implements `to_arch`, `from_arch` and
+    `lut_ops`; sampling, mutation, crossover and the size follow from the decisions (override them
+    where a decision's choices are not independent). `geometry` is the input the networks are built
+    for (None: the space's own default, e.g. 32x32 RGB and 10 classes).
+    """
+
+    kind = "space"
+    decisions: tuple[Decision, ...] = ()
+
+    def __init__(self, options: BaseModel | None = None, geometry: Geometry | None = None):
+        super().__init__(options)
+        self.geometry = geometry if geometry is not None else Geometry()
+
+    # --- genomes
+
+    def size(self) -> int:
+        """Number of distinct genomes."""
+        return math.prod(len(d.choices) for d in self.decisions)
+
+    def sample(self, rng: random.Random) -> Genome:
+        return tuple(rng.randrange(len(d.choices)) for d in self.decisions)
+
+    def mutate(self, genome: Genome, rng: random.Random) -> Genome:
+        """Re-sample one decision that has an alternative to a different choice."""
+        genome = self.validate_genome(genome)
+        open_ = [i for i, d in enumerate(self.decisions) if len(d.choices) > 1]
+        if not open_:
+            return genome
+        i = rng.choice(open_)
+        new = rng.randrange(len(self.decisions[i].choices) - 1)
+        new += new >= genome[i]  # skips the current choice while staying uniform over the rest
+        return genome[:i] + (new,) + genome[i + 1 :]
+
+    def crossover(self, a: Genome, b: Genome, rng: random.Random) -> Genome:
+        """Each decision taken from either parent with equal probability."""
+        a, b = self.validate_genome(a), self.validate_genome(b)
+        return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
+
+    def validate_genome(self, genome: Sequence[int]) -> Genome:
+        """The genome as a tuple of ints; ArchError naming the first bad entry."""
+        if len(genome) != len(self.decisions):
+            raise ArchError(f"genome has {len(genome)} entries, the space has {len(self.decisions)} decisions")
+        for index, decision in zip(genome, self.decisions):
+            # numbers.Integral also admits numpy integers that strategies may produce.
+            if isinstance(index, bool) or not isinstance(index, numbers.Integral) or not 0 <= index < len(decision.choices):
+                raise ArchError(f"genome entry {index!r} for {decision.name} is not in 0..{len(decision.choices) - 1}")
+        return tuple(int(i) for i in genome)
+
+    def describe(self, genome: Sequence[int]) -> dict[str, str]:
+        """Decision name -> chosen label."""
+        genome = self.validate_genome(genome)
+        return {d.name: d.choices[i] for d, i in zip(self.decisions, genome)}
+
+    @abstractmethod
+    def to_arch(self, genome: Sequence[int]) -> "Arch":
+        """The architecture a genome names."""
+
+    @abstractmethod
+    def from_arch(self, arch: "Arch | str") -> Genome:
+        """A genome naming `arch`; ArchError saying why when the space does not contain it."""
+
+    # --- latency tables and validation
+
+    @abstractmethod
+    def lut_ops(self, geometry: Geometry | None = None) -> list["Operator"]:
+        """Every distinct (operator, input shape) an architecture of the space can execute at
+        `geometry` (default: the space's), the `null` operator first (see nasflow.arch.operators)."""
+
+    def cheapest_genome(self) -> Genome:
+        """A genome with few MACs: each decision in turn set to its cheapest choice (one greedy pass)."""
+        from .arch import count_macs
+
+        g = self.geometry
+        genome = [0] * len(self.decisions)
+        for i, decision in enumerate(self.decisions):
+            costs = []
+            for j in range(len(decision.choices)):
+                genome[i] = j
+                costs.append((count_macs(self.to_arch(genome), g.in_channels, g.num_classes, g.image_size), j))
+            genome[i] = min(costs)[1]
+        return tuple(genome)
+
+    def problems(self) -> list[str]:
+        """What makes the space unusable at its geometry (a stage below one pixel, a stage left
+        without channels, a layer without candidates); empty when it is fine."""
+        return []
+
+    def notes(self) -> list[str]:
+        """What a user should know about how the space was built (e.g. choices a device filter
+        dropped, and why); `nasflow validate` prints them."""
+        return []
+
+    # --- one-shot form
+
+    def supernet(self) -> Supernet | None:
+        """The space as a supernet for one-shot strategies, or None when it has no fixed-shape form
+        (e.g. a decision changes a stage's depth or width)."""
+        return None

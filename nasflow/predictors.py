@@ -42,10 +42,9 @@ from .errors import DeviceError, NasflowError
 from .lut import LutKey, LutOp, arch_op_details, device_batch_size, fastest_of_passes, null_op
 from .arch import Arch, format_arch, parse_arch
 from .arch.builder import build_model
-from .spaces.layerwise import LayerwiseSpace
 
 if TYPE_CHECKING:
-    from .plugin_api import DeviceBackend
+    from .plugin_api import DeviceBackend, SearchSpace
 
 
 class LutMissError(DeviceError):
@@ -320,7 +319,7 @@ def measure_archs(
 
 
 def calibration_archs(
-    space: LayerwiseSpace, lut_sum: LutSumPredictor, n: int = 12, seed: int = 0, pool: int = 400
+    space: "SearchSpace", lut_sum: LutSumPredictor, n: int = 12, seed: int = 0, pool: int = 400
 ) -> list[Arch]:
     """`n` distinct architectures spread evenly over the space's LUT-latency range.
 
@@ -341,7 +340,7 @@ def calibration_archs(
 
 def calibrate(
     device: "DeviceBackend",
-    space: LayerwiseSpace,
+    space: "SearchSpace",
     table: Mapping[LutKey, float],
     in_channels: int,
     num_classes: int,

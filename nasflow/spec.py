@@ -23,7 +23,7 @@ from .config import (
     RegistryConfig,
     SearchConfig,
     Section,
-    SpaceConfig,
+    SpaceRef,
     TrainStageConfig,
 )
 from .errors import NasflowError, SpecError
@@ -37,7 +37,7 @@ class Spec(Section):
 
     name: str
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
-    space: SpaceConfig = Field(default_factory=SpaceConfig)
+    space: SpaceRef = Field(default_factory=SpaceRef)
     devices: list[DeviceConfig] = Field(default_factory=lambda: [DeviceConfig(name="torch-cpu")], min_length=1)
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
@@ -257,9 +257,10 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
         (("morph",), "compressor", spec.morph.compressor, spec.morph.options),
     ]
     checks += [(("devices", i), "device", d.name, d.options) for i, d in enumerate(spec.devices)]
+    checks.append((("space",), "space", spec.space.name, spec.space.options))
     messages = []
     for loc, kind, name, options in checks:
-        name_key = {"search": "strategy", "compressor": "compressor", "device": "name"}[kind]
+        name_key = {"search": "strategy", "compressor": "compressor", "device": "name", "space": "name"}[kind]
         try:
             info = plugins.get(kind, name)
             validated = plugins.options(kind, name, options)
@@ -271,7 +272,50 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
         if reason:
             field = loc + ("name",)
             messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: device {name!r} is not usable here: {reason}")
+    if not messages:
+        messages += _space_messages(spec, lines, source)
     return messages
+
+
+def _space_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    """The space at the geometry the dataset section fixes, and the strategy's need for a supernet."""
+    from .plugins import get_plugins
+    from .spaces import known_geometry
+
+    space = build_space(spec, known_geometry(spec.dataset))
+    where = f"{source}:{_line_for(lines, ('space',))}: space"
+    messages = [f"{where}: {problem}" for problem in space.problems()]
+    strategy = get_plugins().get("search", spec.search.strategy).cls
+    if strategy.needs_supernet and space.supernet() is None:
+        line = _line_for(lines, ("search", "strategy"))
+        messages.append(
+            f"{source}:{line}: search.strategy: {spec.search.strategy!r} trains a supernet, and space "
+            f"{spec.space.name!r} has no supernet form (its decisions change layer shapes); pick a space with one"
+        )
+    return messages
+
+
+def build_space(spec: Spec, geometry=None):
+    """The spec's search space (a `nasflow.plugin_api.SearchSpace`) at `geometry`; SpecError for
+    options the space refuses."""
+    from .spaces import make_space
+
+    try:
+        return make_space(spec.space, geometry)
+    except NasflowError as exc:
+        raise SpecError(f"space: {exc}") from None
+
+
+def space_for_data(spec: Spec, data):
+    """The spec's space for a loaded dataset; SpecError listing every problem when it does not fit
+    (checked before any flow starts, since an image folder's size is known only once loaded)."""
+    from .spaces import dataset_geometry
+
+    space = build_space(spec, dataset_geometry(data))
+    problems = space.problems()
+    if problems:
+        raise SpecError("\n".join(f"space: {p} (input {'x'.join(map(str, data.input_shape[1:]))})" for p in problems))
+    return space
 
 
 def _environment_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:

@@ -12,13 +12,15 @@ def tiny_spec_text(
 name: {name}
 dataset: {{name: digits, val_split: 0.25, cache_dir: {tmp_path / 'cache'}}}
 space:
-  stem_channels: 8
-  stages:
-    - {{channels: 8, layers: 1, stride: 1}}
-    - {{channels: 16, layers: 2, stride: 2}}
-  kernels: [3, 5]
-  expansions: [1, 3]
-  head_channels: 32
+  name: layerwise
+  options:
+    stem_channels: 8
+    stages:
+      - {{channels: 8, layers: 1, stride: 1}}
+      - {{channels: 16, layers: 2, stride: 2}}
+    kernels: [3, 5]
+    expansions: [1, 3]
+    head_channels: 32
 devices:
   - {{name: torch-cpu, options: {{threads: 1, min_seconds: 0, max_seconds: 0.3, max_runs: 50}}}}
   - {{name: onnxruntime-cpu, options: {{threads: 1, min_seconds: 0, max_seconds: 0.3, max_runs: 50}}}}

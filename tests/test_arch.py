@@ -37,7 +37,7 @@ from nasflow.arch.builder import build_model, count_params
 from nasflow.arch.fields import FIELDS, split_field
 from nasflow.arch.layers import ChannelShuffle, DepthwiseSeparable, FusedInvertedResidual, InvertedResidual
 from nasflow.arch.operators import arch_operators
-from nasflow.config import SpaceConfig, StageConfig
+from nasflow.spaces.layerwise import LayerwiseOptions, StageOptions
 from nasflow.edgetpu import _layers_fx, layers_from_arch, op_compatibility
 from nasflow.errors import ArchError
 from nasflow.spaces.layerwise import LayerwiseSpace
@@ -171,7 +171,7 @@ def test_strings_written_before_the_kinds_keep_their_hash(text, digest):
     assert arch_hash(text) == digest
 
 
-def _space_digest(config: SpaceConfig, step: int = 1) -> tuple[int, str]:
+def _space_digest(config: LayerwiseOptions, step: int = 1) -> tuple[int, str]:
     space = LayerwiseSpace(config)
     genomes = itertools.islice(itertools.product(*(range(len(c)) for c in space.choices)), 0, None, step)
     lines = []
@@ -185,14 +185,14 @@ def _space_digest(config: SpaceConfig, step: int = 1) -> tuple[int, str]:
 
 def test_every_string_of_the_default_space_keeps_its_hash():
     # Digest of "canonical string, hash" of all 10,584 genomes, computed with the pre-kinds grammar.
-    assert _space_digest(SpaceConfig()) == (10584, "5d5df85ef43eed38ca6d7edd405123b4c5d3e97fc101bdb4c797b57dc591a9b8")
+    assert _space_digest(LayerwiseOptions()) == (10584, "5d5df85ef43eed38ca6d7edd405123b4c5d3e97fc101bdb4c797b57dc591a9b8")
 
 
 def test_a_wide_space_sample_keeps_its_hashes():
     # Every 97th genome of a space with SE ratios, fractional expansions, 7x7 kernels, stem stride 2.
-    wide = SpaceConfig(
+    wide = LayerwiseOptions(
         stem_channels=8, stem_stride=2,
-        stages=[StageConfig(channels=8, layers=2, stride=1), StageConfig(channels=12, layers=2, stride=2)],
+        stages=[StageOptions(channels=8, layers=2, stride=1), StageOptions(channels=12, layers=2, stride=2)],
         kernels=[3, 5, 7], expansions=[1.0, 2.5, 6.0], se_ratios=[0.0, 0.25, 0.5], head_channels=16,
     )
     assert _space_digest(wide, step=97) == (5893, "17658f242f1d615b221fec797afe159bfac55d91242bb66940de28f826e86777")

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from nasflow.arch import count_arch_params, count_macs, format_arch, parse_arch, zoo_arch
-from nasflow.config import SpaceConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.lut import arch_ops, load_or_build_lut
 from nasflow.plugins.devices.torch_cpu import TorchCPU
 from nasflow.registry import Registry
@@ -76,7 +76,7 @@ def test_bad_input_is_one_error_line(args, fragments):
 def lut_registry(tmp_path_factory):
     """A registry with a torch-cpu LUT measured for a small layer-wise space on 1x8x8 inputs."""
     path = tmp_path_factory.mktemp("lut") / "registry.duckdb"
-    space = LayerwiseSpace(SpaceConfig(
+    space = LayerwiseSpace(LayerwiseOptions(
         stem_channels=8, stages=[{"channels": 8, "layers": 1, "stride": 1}, {"channels": 16, "layers": 2, "stride": 2}],
         kernels=[3], expansions=[1, 3], head_channels=16,
     ))

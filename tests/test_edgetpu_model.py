@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from nasflow import hookspecs
-from nasflow.config import SpaceConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.edgetpu import (
     HOSTS,
     OP_SUPPORT,
@@ -123,18 +123,18 @@ def test_op_table_has_a_source_for_every_entry():
 
 
 def test_compatible_choices_strip_squeeze_excite():
-    cfg = SpaceConfig(se_ratios=[0.0, 0.25], kernels=[3, 5, 7])
+    cfg = LayerwiseOptions(se_ratios=[0.0, 0.25], kernels=[3, 5, 7])
     out = edgetpu_compatible_choices(cfg)
     assert out.config.se_ratios == [0.0] and out.config.kernels == [3, 5, 7]
     assert out.removed == ("se_ratio 0.25",) and out.notes
     space = LayerwiseSpace(out.config)
     assert all(block.kind == "skip" or block.se == 0 for choices in space.choices for block in choices)
-    only_se = edgetpu_compatible_choices(SpaceConfig(se_ratios=[0.25]))
+    only_se = edgetpu_compatible_choices(LayerwiseOptions(se_ratios=[0.25]))
     assert only_se.config.se_ratios == [0.0]
     assert edgetpu_compatible_choices(cfg, assume_se_mapped=True).config.se_ratios == [0.0, 0.25]
     small = edgetpu_compatible_choices(cfg, drop_large_kernels=True).config
-    assert small.kernels == [3] and isinstance(small, SpaceConfig)
-    assert edgetpu_compatible_choices(SpaceConfig()).removed == ()
+    assert small.kernels == [3] and isinstance(small, LayerwiseOptions)
+    assert edgetpu_compatible_choices(LayerwiseOptions()).removed == ()
 
 
 def test_arch_layers_match_nasflow_mac_count_and_the_traced_model():

@@ -8,7 +8,7 @@ import duckdb
 import pytest
 import torch
 
-from nasflow.config import SpaceConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.errors import DeviceError
 from nasflow.fingerprint import fingerprint_hash
 from nasflow.lut import (
@@ -28,7 +28,7 @@ from nasflow.space import Block, LayerwiseSpace, count_macs, parse_arch
 
 FAST = dict(threads=1, min_seconds=0.0, max_seconds=0.1, max_runs=30)
 IN_CHANNELS, NUM_CLASSES, IMAGE = 1, 10, 8  # digits-like input (1, 1, 8, 8)
-SPACE = SpaceConfig(
+SPACE = LayerwiseOptions(
     stem_channels=8,
     stages=[{"channels": 8, "layers": 1, "stride": 1}, {"channels": 16, "layers": 2, "stride": 2}],
     kernels=[3],

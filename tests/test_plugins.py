@@ -121,10 +121,10 @@ def test_example_plugin_measures_for_real(site, monkeypatch):
     monkeypatch.syspath_prepend(str(site))
     from nasflow_torchscript import TorchScriptCPU
 
-    from nasflow.config import SpaceConfig
+    from nasflow.spaces.layerwise import LayerwiseOptions
     from nasflow.space import LayerwiseSpace, build_model
 
-    space = LayerwiseSpace(SpaceConfig())
+    space = LayerwiseSpace(LayerwiseOptions())
     model = build_model(space.to_arch(space.sample(__import__("random").Random(0))), 1, 10)
     m = TorchScriptCPU().measure_model(model, (1, 1, 8, 8))
     assert m.source == "measured" and m.stats.median_ms > 0 and m.fingerprint["threads"] == 1

@@ -9,7 +9,7 @@ import random
 import pytest
 from torch import nn
 
-from nasflow.config import SpaceConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.errors import DeviceError
 from nasflow.fingerprint import base_fingerprint
 from nasflow.lut import arch_ops, build_lut, null_key
@@ -33,7 +33,7 @@ from nasflow.space import ArchNet, LayerwiseSpace, count_macs, format_arch
 FAST = dict(threads=1, min_seconds=0.0, max_seconds=0.1, max_runs=30)
 GEOMETRY = (1, 10, 8)  # in_channels, num_classes, image_size: digits-like input (1, 1, 8, 8)
 # 4 x 4 x 5 = 80 architectures: room for 10 calibration and 10 held-out ones.
-SPACE = SpaceConfig(
+SPACE = LayerwiseOptions(
     stem_channels=8,
     stages=[{"channels": 8, "layers": 1, "stride": 1}, {"channels": 16, "layers": 2, "stride": 2}],
     kernels=[3, 5],

@@ -4,14 +4,15 @@ import random
 
 import pytest
 
-from nasflow.config import ObjectivesConfig, SpaceConfig
+from nasflow.config import ObjectivesConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.objectives import pareto_front, score
 from nasflow.plugins import get_plugins
 from nasflow.space import LayerwiseSpace
 
 
 def make(name, seed=0, **options):
-    space = LayerwiseSpace(SpaceConfig())
+    space = LayerwiseSpace(LayerwiseOptions())
     return get_plugins().create("search", name, options, space, seed), space
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nasflow.config import SpaceConfig, StageConfig
+from nasflow.spaces.layerwise import LayerwiseOptions, StageOptions
 from nasflow.errors import ArchError
 from nasflow.space import (
     Arch,
@@ -279,9 +279,9 @@ def test_block_shapes():
 
 # ---------------------------------------------------------------- layerwise space
 
-SMALL = SpaceConfig(
+SMALL = LayerwiseOptions(
     stem_channels=8,
-    stages=[StageConfig(channels=8, layers=2, stride=1), StageConfig(channels=12, layers=2, stride=2)],
+    stages=[StageOptions(channels=8, layers=2, stride=1), StageOptions(channels=12, layers=2, stride=2)],
     kernels=[3, 5],
     expansions=[1.0, 3.0],
     se_ratios=[0.0, 0.25],
@@ -290,7 +290,7 @@ SMALL = SpaceConfig(
 
 
 def test_default_space_layout():
-    space = LayerwiseSpace(SpaceConfig())
+    space = LayerwiseSpace(LayerwiseOptions())
     assert space.num_layers == 5
     assert [len(c) for c in space.choices] == [6, 6, 7, 6, 7]
     assert space.size() == 6 * 6 * 7 * 6 * 7

@@ -214,10 +214,10 @@ def test_numbers_and_booleans_are_not_coerced(edit, line, message):
 
 
 def test_a_boolean_is_not_a_literal_number():
-    with pytest.raises(SpecError, match=r"s.yaml:13: space.stem_stride: Input should be 1 or 2, not true"):
-        parse_spec(GOOD + "space:\n  stem_stride: true\n", "s.yaml")
-    with pytest.raises(SpecError, match=r"space.kernels: Input should be 3, 5 or 7, not true"):
-        parse_spec(GOOD + "space: {kernels: [3, true]}\n", "s.yaml")
+    with pytest.raises(SpecError, match=r"s.yaml:14: space.options: .*'layerwise': stem_stride: Input should be 1 or 2, not true"):
+        parse_spec(GOOD + "space:\n  name: layerwise\n  options: {stem_stride: true}\n", "s.yaml")
+    with pytest.raises(SpecError, match=r"space.options: .*kernels: Input should be 3, 5 or 7, not true"):
+        parse_spec(GOOD + "space: {options: {kernels: [3, true]}}\n", "s.yaml")
 
 
 def test_floats_take_integers_and_paths_take_strings():

@@ -17,8 +17,8 @@ from ..plugin_api import DeviceBackend, LatencyStats, Measurement
 from ..predictors import CalibratedLutPredictor, DriftMonitor, LutSumPredictor, calibrate
 from ..progress import reporter, stage_counter
 from ..registry import Registry
-from ..space import Arch, LayerwiseSpace
-from ..spec import Spec
+from ..space import Arch
+from ..spec import Spec, space_for_data
 
 
 class LatencyDriftWarning(UserWarning):
@@ -41,7 +41,7 @@ def predictor_file(spec: Spec, device: DeviceBackend, data: Dataset) -> Path:
 def profile_device(registry: Registry, spec: Spec, device: DeviceBackend, data: Dataset, refresh: bool) -> dict[str, Any]:
     """Build or reuse the device's LUT for the space; fit and save the calibrated predictor if asked."""
     rep = reporter()
-    space = LayerwiseSpace(spec.space)
+    space = space_for_data(spec, data)
     geometry = (data.in_channels, data.num_classes, data.image_size)
     passes = spec.profile.passes
     table, built = load_or_build_lut(

@@ -16,15 +16,14 @@ from ..errors import RunInterrupted
 from ..objectives import pareto_front
 from ..reaper import start_watchdog
 from ..registry import Registry
-from ..space import LayerwiseSpace
-from ..spec import LoadedSpec
+from ..spec import LoadedSpec, space_for_data
 from ..train_device import resolve_device
 from .context import RunContext
 from .deploy import deploy_stage
 from .evaluate import make_devices, model_for, threads_per_task
 from .morph import morph_stage
 from .prefect_server import ApiServer, start_api_server, use_api_server
-from .profile import profile_stage, smallest_genome
+from .profile import profile_stage
 from .runners import make_task_runner
 from .search import search_stage
 from .selection import with_latency
@@ -95,8 +94,8 @@ def _prepare_while_server_starts(spec, server: ApiServer | None) -> None:
     """
     data = load_dataset(spec.dataset)
     if server is not None:
-        space = LayerwiseSpace(spec.space)
-        reference = model_for(space.to_arch(smallest_genome(space)), spec.dataset)
+        space = space_for_data(spec, data)
+        reference = model_for(space.to_arch(space.cheapest_genome()), spec.dataset)
         for cfg in spec.devices:
             if server.answers():
                 break

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from prefect import flow
 
-from ..arch import BlockShape, block_shapes
 from ..errors import DeviceError
 from ..progress import reporter
-from ..spaces.layerwise import LayerwiseSpace
+from ..spec import space_for_data
 from .context import RunContext
 from .evaluate import make_devices, measure_everywhere, model_for
 from .latency import profile_device
-
-
-def smallest_genome(space: LayerwiseSpace, image_size=32) -> tuple[int, ...]:
-    """The cheapest choice per layer, by MACs of the block alone; a fixed reference architecture."""
-    # Every layer's input shape is the same whatever the genome (see nasflow.lut.lut_entries).
-    shapes = block_shapes(space.to_arch((0,) * space.num_layers), 3, image_size)
-    genome = []
-    for choices, shape in zip(space.choices, shapes):
-        costs = [(b.macs(BlockShape(shape.in_channels, shape.in_size, b.out_size(shape.in_size))), j) for j, b in enumerate(choices)]
-        genome.append(min(costs)[1])
-    return tuple(genome)
 
 
 @flow(name="profile", persist_result=False, validate_parameters=False)
@@ -33,8 +21,8 @@ def profile_stage(ctx: RunContext) -> list[dict]:
     rep = reporter()
     rep.stage_start("profile", len(spec.devices), "probing devices")
     data = load_dataset(spec.dataset)
-    space = LayerwiseSpace(spec.space)
-    model = model_for(space.to_arch(smallest_genome(space, data.image_size)), spec.dataset)
+    space = space_for_data(spec, data)
+    model = model_for(space.to_arch(space.cheapest_genome()), spec.dataset)
     records = []
     for name, device in make_devices(spec.devices).items():
         measurements, failures = measure_everywhere({name: device}, model, data.input_shape)

@@ -21,12 +21,12 @@ from ..objectives import score
 from ..plugin_api import DeviceBackend, Genome
 from ..plugins import get_plugins
 from ..progress import reporter
-from ..space import Arch, LayerwiseSpace, arch_hash, format_arch
-from ..spec import Spec
+from ..plugin_api import SearchSpace
+from ..space import Arch, arch_hash, format_arch
+from ..spec import Spec, space_for_data
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, model_for, train_in_parallel
 from .latency import LatencyModel, load_latency_models, time_candidates
-from .profile import smallest_genome
 from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, objective_failure, retried
 
 STAGE = "search"
@@ -106,12 +106,12 @@ def chance_level_warning(rows: list[dict], spec: Spec, data: Dataset) -> str | N
 
 
 def fastest_latency(
-    spec: Spec, space: LayerwiseSpace, devices: dict[str, DeviceBackend],
+    spec: Spec, space: SearchSpace, devices: dict[str, DeviceBackend],
     latency_models: dict[str, LatencyModel] | None, data: Dataset,
 ) -> tuple[str, float, str]:
     """(arch, latency in ms, source) of the space's fastest architecture on the objective device,
     by the search's own latency source: its LUT or predictor when it uses one, else measured."""
-    arch = space.to_arch(smallest_genome(space))
+    arch = space.to_arch(space.cheapest_genome())
     device = spec.objective_device
     if latency_models:
         model = latency_models[device]
@@ -121,7 +121,7 @@ def fastest_latency(
 
 
 def latency_goal_warnings(
-    spec: Spec, space: LayerwiseSpace, devices: dict[str, DeviceBackend],
+    spec: Spec, space: SearchSpace, devices: dict[str, DeviceBackend],
     latency_models: dict[str, LatencyModel] | None, data: Dataset,
 ) -> list[str]:
     """Refuse a latency cap no architecture of the space can meet; warn about one barely met, or a
@@ -190,7 +190,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     registry = ctx.registry()
     rep = reporter()
     data = load_dataset(spec.dataset)
-    space = LayerwiseSpace(spec.space)
+    space = space_for_data(spec, data)
     strategy = get_plugins().create("search", spec.search.strategy, spec.search.options, space, spec.execution.seed)
     devices = make_devices(spec.devices)
     latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)

@@ -28,11 +28,12 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.litert",
     "nasflow.plugins.devices.android",
     "nasflow.plugins.compress.morphnet_plugin",
+    "nasflow.spaces.layerwise",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
 
-KIND_LABELS = {"search": "search strategy", "device": "device backend", "compressor": "compressor"}
+KIND_LABELS = {"search": "search strategy", "device": "device backend", "compressor": "compressor", "space": "search space"}
 
 
 class PluginWarning(UserWarning):
@@ -65,7 +66,7 @@ class PluginRegistry:
                 self._collect(kind, impl, package, version)
 
     def _collect(self, kind: str, impl: Any, package: str, version: str) -> None:
-        base = {"search": "SearchStrategy", "device": "DeviceBackend", "compressor": "Compressor"}[kind]
+        base = {"search": "SearchStrategy", "device": "DeviceBackend", "compressor": "Compressor", "space": "SearchSpace"}[kind]
         try:
             classes = list(impl.function() or [])
         except Exception as exc:  # a broken plugin must never take the host down
