@@ -366,11 +366,13 @@ def with_options(spec: Spec, options: dict[tuple[str, ...], tuple[str | None, An
     value, e.g. ("--passes", 0) (None: set by the command itself); a SpecError names the option:
     "--passes 0: profile.passes: ...".
     """
-    data = spec.model_dump()
+    # Only what was set: checks that look at which keys a user wrote (an objectives key that
+    # applies to another reward) must see the spec as written, not every default filled in.
+    data = spec.model_dump(exclude_unset=True)
     for path, (_, value) in options.items():
         section = data
         for key in path[:-1]:
-            section = section[key]
+            section = section.setdefault(key, {})
         section[path[-1]] = value
     try:
         return Spec.model_validate(data)

@@ -295,3 +295,17 @@ def test_readme_states_the_default_reward():
     assert row.split("|")[2].strip() == f"`{default}`", row
     section = next(line for line in readme.splitlines() if line.startswith("| **`objectives`** |"))
     assert f"`{default}`" in section, section
+
+
+def test_command_line_options_leave_unwritten_keys_unset():
+    """`nasflow profile` sets profile keys through with_options; a spec that never wrote an
+    objectives key must not be read as if it had written every default (reward 'accuracy' would
+    then refuse the defaulted target_ms, alpha and beta)."""
+    from nasflow.spec import with_options
+
+    spec = parse_spec("name: t\n", "s.yaml", check_plugins=False)
+    changed = with_options(spec, {("profile", "lut"): (None, True), ("profile", "passes"): ("--passes", 2)})
+    assert changed.profile.lut and changed.profile.passes == 2
+    assert changed.objectives.reward == "accuracy" and changed.run_id() == spec.run_id()  # profile keys do not count
+    with pytest.raises(SpecError, match="--passes 0: profile.passes"):
+        with_options(spec, {("profile", "passes"): ("--passes", 0)})
