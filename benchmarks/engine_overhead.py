@@ -439,7 +439,7 @@ def _engine_modules() -> list[types.ModuleType]:
 def bench_overhead(tmp: Path, candidates: int, batch_sizes: list[int], workers: int) -> dict:
     import nasflow.flows.evaluate as evaluate_mod
     from nasflow.registry import Registry
-    from nasflow.space import LayerwiseSpace
+    from nasflow.spaces import make_space
     from nasflow.spec import parse_spec
 
     timers = Timers()
@@ -474,7 +474,7 @@ def bench_overhead(tmp: Path, candidates: int, batch_sizes: list[int], workers: 
                 runs.append(_overhead_entry(result, candidates, batch_size, workers))
     finally:
         undo()
-    space = LayerwiseSpace(parse_spec(overhead_spec_text(tmp, "x", 1, 1, 1), check_plugins=False).space)
+    space = make_space(parse_spec(overhead_spec_text(tmp, "x", 1, 1, 1), check_plugins=False).space)
     return {
         "warmup_search_seconds": warmup,
         "space_size": space.size(),

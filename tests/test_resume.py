@@ -476,12 +476,12 @@ def test_a_failing_device_fails_the_candidate_only_when_it_drives_the_objective(
     from nasflow.flows.context import RunContext
     from nasflow.flows.evaluate import make_devices, measure_everywhere, model_for
     from nasflow.flows.search import _candidate_row
-    from nasflow.space import LayerwiseSpace
+    from nasflow.spaces import make_space
 
     from test_pipeline import FlakyDevice
 
     spec = parse_spec(tiny_spec_text(tmp_path), check_plugins=False)
-    space = LayerwiseSpace(spec.space)
+    space = make_space(spec.space)
     genome = space.sample(__import__("random").Random(0))
     arch = space.to_arch(genome)
     devices = {"torch-cpu": make_devices(spec.devices)["torch-cpu"], "flaky": FlakyDevice()}

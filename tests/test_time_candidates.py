@@ -8,7 +8,8 @@ from nasflow.errors import DeviceError
 from nasflow.flows.latency import time_candidates
 from nasflow.plugins.devices.torch_cpu import TorchCPU
 from nasflow.progress import Reporter, using_reporter
-from nasflow.space import LayerwiseSpace, arch_hash
+from nasflow.space import arch_hash
+from nasflow.spaces import make_space
 from nasflow.spec import parse_spec
 
 from conftest import tiny_spec_text
@@ -45,7 +46,7 @@ class Messages(Reporter):
 @pytest.fixture
 def batch(tmp_path):
     spec = parse_spec(tiny_spec_text(tmp_path), check_plugins=False)
-    space = LayerwiseSpace(spec.space)
+    space = make_space(spec.space)
     rng = random.Random(0)
     archs = list({arch_hash(a): a for a in (space.to_arch(space.sample(rng)) for _ in range(4))}.values())
     return spec, archs

@@ -20,6 +20,7 @@ from ..strict import error_message
 BUILTIN_MODULES = (
     "nasflow.plugins.search.random_search",
     "nasflow.plugins.search.evolution",
+    "nasflow.plugins.search.mnasnet_rl",
     "nasflow.plugins.devices.torch_cpu",
     "nasflow.plugins.devices.onnxruntime_cpu",
     "nasflow.plugins.devices.cuda",
