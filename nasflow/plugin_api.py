@@ -205,6 +205,11 @@ class SearchStrategy(Plugin):
     def tell(self, results: list[tuple[Genome, float | None]]) -> None:
         """Receive scores for genomes returned by the last `ask`, in the same order."""
 
+    def step_log(self) -> dict[str, float]:
+        """Numbers that show how the strategy stands after the last `tell` (a policy's entropy,
+        its mean reward); the search records them per step in the registry's `search_log`."""
+        return {}
+
 
 # ---------------------------------------------------------------- compressors
 

@@ -126,6 +126,14 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
         ("accuracy", "DOUBLE", "Accuracy of the artifact itself on the test split, 0 to 1 (NULL where not evaluated)."),
     ],
+    "search_log": [
+        ("run_id", "VARCHAR", "Run whose search logged it (`runs.run_id`)."),
+        ("strategy", "VARCHAR", "Search strategy that reported it (`search.strategy`)."),
+        ("step", "INTEGER", "Batch (ask/tell strategies) or epoch (supernet strategies), from 1."),
+        ("metric", "VARCHAR", "What was logged, e.g. `entropy`, `mean_reward`, `baseline` (the `mnasnet` controller)."),
+        ("value", "DOUBLE", "The number."),
+        ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+    ],
     "schema_version": [
         ("version", "INTEGER", "Number of an applied migration."),
         ("name", "VARCHAR", "What the migration does."),
@@ -139,6 +147,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "measurements": ("measurement_id",),
     "lut": ("device", "fingerprint_hash", "op_key", "input_shape"),
     "artifacts": ("artifact_id",),
+    "search_log": ("run_id", "step", "metric"),
     "schema_version": ("version",),
 }
 
@@ -286,6 +295,18 @@ _MIGRATION_3 = """\
 ALTER TABLE runs ADD COLUMN pid_started_at TIMESTAMP;
 """
 
+_MIGRATION_4 = """\
+CREATE TABLE search_log (
+    run_id VARCHAR NOT NULL,
+    strategy VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    metric VARCHAR NOT NULL,
+    value DOUBLE,
+    created_at TIMESTAMP,
+    PRIMARY KEY (run_id, step, metric)
+);
+"""
+
 # Ordered (version, name, sql); applied once each, in order, one transaction per migration.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: runs, candidates, measurements, lut, artifacts", _MIGRATION_1),
@@ -296,6 +317,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         _MIGRATION_2,
     ),
     (3, "runs.pid_started_at (a run whose process is gone is told apart from one still running)", _MIGRATION_3),
+    (4, "search_log: what a search strategy reports per step (policy entropy, reward, ...)", _MIGRATION_4),
 ]
 
 
@@ -565,6 +587,11 @@ class Registry:
             return self._insert_tables(batches)[0]
         ids = sorted({row.get("artifact_id") for row in rows if isinstance(row, dict)} - {None})
         return self._insert_tables(batches, before=lambda con: _delete_artifacts(con, ids))[0]
+
+    def add_search_log(self, rows: list[dict[str, Any]]) -> int:
+        """Append search-log rows; a (run, step, metric) already logged (a resumed run replaying
+        its steps) is skipped. Returns rows added."""
+        return self._insert("search_log", rows)
 
     def add_lut(self, rows: list[dict[str, Any]], replace: bool = False) -> int:
         """Append LUT entries; existing keys are skipped, or overwritten with replace=True (re-profiling)."""

@@ -465,3 +465,14 @@ def test_formats_of_a_real_query(registry):
     assert format_csv(columns, rows).startswith("candidate_id,accuracy,created_at,extra\nc0,0.5,")
     obj = json.loads(format_json(columns, rows))[0]
     assert obj["extra"] == {"k": 1} and dt.datetime.fromisoformat(obj["created_at"])
+
+
+def test_search_log_rows_are_kept_once_per_run_step_and_metric(registry):
+    r = registry
+    rows = [{"run_id": "a", "strategy": "mnasnet", "step": s, "metric": m, "value": v}
+            for s, (m, v) in enumerate([("entropy", 1.9), ("entropy", 1.5)], start=1)]
+    assert r.add_search_log(rows) == 2
+    # a resumed run replays its steps: nothing is logged twice, the first value stays
+    assert r.add_search_log([{**rows[0], "value": 0.1}, {"run_id": "a", "strategy": "mnasnet", "step": 3, "metric": "entropy", "value": 1.2}]) == 1
+    _, got = r.query("SELECT step, value FROM search_log WHERE run_id = 'a' ORDER BY step")
+    assert got == [(1, 1.9), (2, 1.5), (3, 1.2)]

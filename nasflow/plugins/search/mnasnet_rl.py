@@ -179,6 +179,9 @@ class MnasNetController(SearchStrategy):
         self.baseline = decay * self.baseline + (1 - decay) * mean
         self.history.append({"mean_reward": mean, "baseline": self.baseline, "entropy": entropy})
 
+    def step_log(self) -> dict[str, float]:
+        return dict(self.history[-1]) if self.history else {}
+
     def max_entropy(self) -> float:
         """Mean entropy per decision of a uniform policy (where the controller starts, roughly)."""
         sizes = [len(d.choices) for d in self.space.decisions]
