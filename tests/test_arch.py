@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import itertools
@@ -74,7 +75,7 @@ def expansion_fields(draw) -> dict:
 def any_block(draw) -> Block:
     """A valid record of any kind (its input width is not known yet)."""
     kind = draw(st.sampled_from(sorted(KINDS)))
-    common = {"kernel": draw(kernels), "stride": draw(strides), "act": draw(acts)}
+    common = {"kernel": draw(kernels), "stride": draw(strides), "act": draw(acts), "shortcut": draw(st.booleans())}
     if kind == "ir":
         groups = draw(st.sampled_from([1, 1, 2, 4]))
         out = draw(widths) * groups
@@ -89,6 +90,24 @@ def any_block(draw) -> Block:
     if kind == "conv":
         return ConvBlock(out=draw(widths), **common)
     return SkipBlock(out=draw(widths))
+
+
+@st.composite
+def residual_arch(draw) -> Arch:
+    """An architecture of stride-1 blocks of every convolutional kind, most keeping the width (so a
+    residual is possible), each with its ``r`` flag drawn."""
+    stem = draw(st.integers(2, 12))
+    channels, blocks = stem, []
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["ir", "fir", "ds", "conv"]))
+        out = channels if draw(st.integers(0, 3)) else draw(st.integers(2, 12))
+        common = {"kernel": draw(st.sampled_from([1, 3])), "out": out, "stride": 1, "shortcut": draw(st.booleans())}
+        extra = {"expansion": draw(st.sampled_from([1, 2]))} if kind in ("ir", "fir") else {}
+        if kind != "conv":
+            extra.update(draw(se_fields()))
+        blocks.append(Block(kind, **common, **extra))
+        channels = out
+    return Arch(stem=stem, stem_stride=1, blocks=tuple(blocks), head=8)
 
 
 @st.composite
@@ -213,8 +232,8 @@ def test_format_parse_round_trip(arch):
 @given(any_arch(), st.randoms(use_true_random=False))
 @settings(deadline=None)
 def test_any_field_order_and_explicit_defaults_parse_to_the_same_record(arch, rng):
-    defaults = {"stem": ["arelu"], "head": [], "ir": ["arelu", "g1", "se0"], "fir": ["arelu", "se0"],
-                "ds": ["arelu", "se0"], "conv": ["arelu"], "skip": []}
+    defaults = {"stem": ["arelu"], "head": [], "ir": ["arelu", "g1", "se0", "r1"], "fir": ["arelu", "se0", "r1"],
+                "ds": ["arelu", "se0", "r0"], "conv": ["arelu", "r0"], "skip": []}
     tokens = []
     for token in format_arch(arch).split("-"):
         kind, *fields = token.split("_")
@@ -228,7 +247,8 @@ def test_any_field_order_and_explicit_defaults_parse_to_the_same_record(arch, rn
 
 
 def _valid_value(key: str) -> str:
-    return {"k": "3", "e": "2", "m": "8", "c": "8", "s": "1", "g": "2", "se": "0.5", "sq": "4", "f": "16", "a": "relu6"}[key]
+    return {"k": "3", "e": "2", "m": "8", "c": "8", "s": "1", "g": "2", "se": "0.5", "sq": "4", "f": "16", "a": "relu6",
+            "r": "1"}[key]
 
 
 def _layer_rules(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -266,13 +286,16 @@ def _corrupt(token: str, how: str, rng) -> tuple[str, str] | None:
         return "_".join([kind, *(("c0" if f.startswith("c") else f) for f in fields)]), "channels must be a positive integer"
     if how == "bad activation" and "a" in allowed:
         return "_".join([kind, *(f for f in fields if not f.startswith("a")), "agelu"]), "activation must be one of"
+    if how == "bad residual" and "r" in allowed:
+        value = rng.choice(["2", "01", "yes"])
+        return "_".join([kind, *(f for f in fields if not f.startswith("r")), "r" + value]), "field 'r' needs 0 or 1"
     return None
 
 
 @given(
     any_arch(max_blocks=4),
     st.sampled_from(["unknown field", "twice", "not allowed", "missing", "kind", "even kernel", "zero channels",
-                     "bad activation"]),
+                     "bad activation", "bad residual"]),
     st.randoms(use_true_random=False),
 )
 @settings(deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
@@ -362,6 +385,51 @@ def test_every_kind_builds_the_module_its_record_describes():
     assert grouped.use_residual and grouped4.expand.groups == 4 and not grouped4.use_residual
     assert isinstance(skip, nn.Identity) and not fir2.use_residual
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- the residual field (r0 / r1)
+
+
+def test_residual_field_is_written_only_against_the_kinds_default():
+    assert DSBlock(kernel=3, out=8).token() == "ds_k3_c8_s1"
+    assert DSBlock(kernel=3, out=8, shortcut=True).token() == "ds_k3_c8_s1_r1"
+    assert ConvBlock(kernel=3, out=8, act="relu6", shortcut=True).token() == "conv_k3_c8_s1_arelu6_r1"
+    assert IRBlock(kernel=3, expansion=6, out=8).token() == "ir_k3_e6_c8_s1"
+    assert IRBlock(kernel=3, expansion=6, out=8, se=0.25, shortcut=False).token() == "ir_k3_e6_c8_s1_se0.25_r0"
+    assert FusedIRBlock(kernel=3, expansion=4, out=8, shortcut=False).token() == "fir_k3_e4_c8_s1_r0"
+    # Explicit defaults parse to the default record; the flag is a kind's own, skip has none.
+    assert parse_arch("stem_c8_s1-ir_r1_k3_e6_c8_s1-ds_k3_c8_s1_r0-head") == parse_arch("stem_c8_s1-ir_k3_e6_c8_s1-ds_k3_c8_s1-head")
+    with pytest.raises(ArchError, match="residual must be 0 or 1, got 2"):
+        DSBlock(kernel=3, out=8, shortcut=2)
+
+
+@given(residual_arch(), st.integers(3, 6))
+@settings(max_examples=30, deadline=None)
+def test_residual_flag_adds_the_input_exactly_where_the_shape_allows(arch, size):
+    """Each block built with and without its shortcut, same weights: they differ by exactly the input
+    where stride is 1 and in == out, and not at all elsewhere; the Edge TPU mapping has one add per
+    residual and MorphNet may remove a block only when it is residual."""
+    channels, residuals = arch.stem, 0
+    for block in arch.blocks:
+        x = torch.randn(2, channels, size, size)
+        on, off = dataclasses.replace(block, shortcut=True), dataclasses.replace(block, shortcut=False)
+        torch.manual_seed(0)
+        with_add = on.module(channels).eval()
+        without = off.module(channels).eval()
+        without.load_state_dict(with_add.state_dict())
+        with torch.no_grad():
+            diff = with_add(x) - without(x)
+        possible = block.stride == 1 and channels == block.out
+        torch.testing.assert_close(diff, x if possible else torch.zeros_like(diff))
+        assert block.residual(channels) == (possible and block.shortcut)
+        assert block.module(channels).use_residual == block.residual(channels)
+        for group in block.prunable(channels):
+            assert group.can_vanish == block.residual(channels)
+        residuals += block.residual(channels)
+        channels = block.out
+    adds = [layer for layer in layers_from_arch(arch, 3, size, 10) if layer.op == "add"]
+    assert len(adds) == residuals
+    assert parse_arch(format_arch(arch)) == arch
 
 
 def test_channel_shuffle_interleaves_groups():

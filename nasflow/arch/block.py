@@ -114,6 +114,10 @@ class Block(metaclass=_BlockType):
     def out_size(self, size: Size) -> Size:
         return size
 
+    def residual(self, in_channels: int) -> bool:
+        """Whether the block adds its input to its output (an identity shortcut) when fed `in_channels`."""
+        return False
+
     def macs(self, shape: BlockShape) -> int:
         """Multiply-accumulates of its conv and linear layers for one image (BN, adds excluded)."""
         return 0

@@ -66,6 +66,15 @@ def unit_ratio(name: str, value: object) -> float:
     return number
 
 
+def flag(name: str, value: object) -> bool:
+    """`value` as a bool: True/False or the integers 1/0 (the token writes ``r1`` / ``r0``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ArchError(f"{name} must be 0 or 1, got {value!r}")
+
+
 def activation(value: object) -> str:
     if value not in ACTIVATIONS:
         raise ArchError(f"activation must be one of {ACTIVATIONS}, got {value!r}")
@@ -87,12 +96,16 @@ class FieldSyntax:
 
     key: str
     name: str  # for error messages ("kernel", "se ratio")
-    syntax: str  # "int", "num" or "act": what the raw text must look like
+    syntax: str  # "int", "num", "flag" or "act": what the raw text must look like
     check: Callable[[object], object]
 
     def parse(self, raw: str) -> object:
         if self.syntax == "act":
             return self.check(raw)
+        if self.syntax == "flag":
+            if raw not in ("0", "1"):
+                raise ArchError(f"field {self.key!r} needs 0 or 1, got {raw!r}")
+            return self.check(raw == "1")
         if self.syntax == "num":
             if not _NUM.match(raw):
                 raise ArchError(f"field {self.key!r} needs a decimal number, got {raw!r}")
@@ -104,6 +117,8 @@ class FieldSyntax:
     def format(self, value: object) -> str:
         if self.syntax == "num":
             return f"{self.key}{format_number(value)}"  # type: ignore[arg-type]
+        if self.syntax == "flag":
+            return f"{self.key}{int(bool(value))}"
         return f"{self.key}{value}"
 
 
@@ -124,6 +139,7 @@ FIELDS: dict[str, FieldSyntax] = {
         FieldSyntax("sq", "squeeze channels", "int", _int("squeeze channels")),
         FieldSyntax("f", "fc channels", "int", _int("fc channels")),
         FieldSyntax("a", "activation", "act", activation),
+        FieldSyntax("r", "residual", "flag", lambda v: flag("residual", v)),
     )
 }
 """Every field key of the grammar. Layers say which keys they allow (see the kinds)."""

@@ -113,10 +113,11 @@ class FusedInvertedResidual(nn.Module):
 
 
 class DepthwiseSeparable(nn.Module):
-    """MobileNetV1's block: depthwise kxk + BN + act, optional SE, pointwise 1x1 + BN + act."""
+    """MobileNetV1's block: depthwise kxk + BN + act, optional SE, pointwise 1x1 + BN + act (+ input with ``r1``)."""
 
     def __init__(self, block: DSBlock, in_channels: int):
         super().__init__()
+        self.use_residual = block.residual(in_channels)
         self.dw = nn.Conv2d(in_channels, in_channels, block.kernel, block.stride, block.kernel // 2,
                             groups=in_channels, bias=False)
         self.dw_bn = nn.BatchNorm2d(in_channels)
@@ -130,17 +131,20 @@ class DepthwiseSeparable(nn.Module):
         y = self.act(self.dw_bn(self.dw(x)))
         if self.se is not None:
             y = self.se(y)
-        return self.act(self.pw_bn(self.pw(y)))
+        y = self.act(self.pw_bn(self.pw(y)))
+        return x + y if self.use_residual else y
 
 
 class ConvBNAct(nn.Module):
-    """kxk conv ('same' padding, no bias) + BN + activation."""
+    """kxk conv ('same' padding, no bias) + BN + activation, plus the input when `residual`."""
 
-    def __init__(self, in_channels: int, out: int, kernel: int, stride: int, act: str):
+    def __init__(self, in_channels: int, out: int, kernel: int, stride: int, act: str, residual: bool = False):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out, kernel, stride, kernel // 2, bias=False)
         self.bn = nn.BatchNorm2d(out)
         self.act = activation(act)
+        self.use_residual = residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+        y = self.act(self.bn(self.conv(x)))
+        return x + y if self.use_residual else y

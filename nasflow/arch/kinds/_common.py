@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ...errors import ArchError
-from ..fields import optional_positive_int, unit_ratio
+from ..fields import flag, optional_positive_int, unit_ratio
+
+if TYPE_CHECKING:
+    from ...edgetpu import Net
+    from ..block import Block
 
 
 def check_se(ratio: object, squeeze: object) -> tuple[float, int | None]:
@@ -37,10 +43,46 @@ def se_params(channels: int, reduced: int) -> int:
     return channels * reduced + reduced + reduced * channels + channels if reduced else 0
 
 
+# ---------------------------------------------------------------- the residual (identity shortcut)
+#
+# Every convolutional kind has a ``shortcut`` field, written ``r0`` / ``r1``: whether the block adds
+# its input to its output where the shape allows it (stride 1, in == out channels). Its default is
+# the kind's own (`ir`, `fir`: on; `ds`, `conv`: off) and is never written, so tokens written
+# before the field existed keep their form and hash.
+
+
+def shortcut_default(cls: type) -> bool:
+    """The kind's default ``shortcut`` (its dataclass field default: one place per kind)."""
+    return cls.__dataclass_fields__["shortcut"].default  # type: ignore[attr-defined]
+
+
+def shortcut_kwargs(fields: dict[str, object]) -> dict[str, object]:
+    """Record keyword for a parsed ``r`` field; nothing when the token leaves it at the default."""
+    return {"shortcut": fields["r"]} if "r" in fields else {}
+
+
+def shortcut_fields(block: Block) -> list[tuple[str, object]]:
+    """``[("r", value)]`` when the block's shortcut differs from its kind's default, else nothing."""
+    return [] if block.shortcut == shortcut_default(type(block)) else [("r", block.shortcut)]  # type: ignore[attr-defined]
+
+
+def takes_residual(block: Block, in_channels: int) -> bool:
+    """Whether the block adds its input: it has the shortcut, stride 1 and in == out channels."""
+    return bool(block.shortcut) and block.stride == 1 and in_channels == block.out  # type: ignore[attr-defined]
+
+
+def join_branch(net: Net, branch: Net, residual: bool, prefix: str) -> None:
+    """Continue `net` with a block's `branch`, through the residual add when the block takes one."""
+    if residual:
+        net.add_residual(branch, name=f"{prefix}.add")
+    else:
+        net.extend(branch)
+
+
 def normalise_conv_fields(block, check_width=None) -> None:
     """Check and normalise the fields every convolutional kind shares, in the order errors are
-    reported: channels, kernel, stride, (the kind's width via `check_width`), squeeze-excite,
-    activation. Records are frozen, so values are set once here."""
+    reported: channels, kernel, stride, (the kind's width via `check_width`), squeeze-excite
+    (where the kind has it), activation, residual. Records are frozen, so values are set once here."""
     from ..fields import activation, odd_kernel, positive_int
 
     set_ = object.__setattr__
@@ -49,7 +91,9 @@ def normalise_conv_fields(block, check_width=None) -> None:
     set_(block, "stride", positive_int("stride", block.stride))
     if check_width is not None:
         check_width(block)
-    se, squeeze = check_se(block.se, block.squeeze)
-    set_(block, "se", se)
-    set_(block, "squeeze", squeeze)
+    if hasattr(block, "se"):
+        se, squeeze = check_se(block.se, block.squeeze)
+        set_(block, "se", se)
+        set_(block, "squeeze", squeeze)
     set_(block, "act", activation(block.act))
+    set_(block, "shortcut", flag("residual", block.shortcut))

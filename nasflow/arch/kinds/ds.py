@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, Size, same_out
-from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
+from ._common import (
+    join_branch,
+    normalise_conv_fields,
+    se_fields,
+    se_params,
+    shortcut_fields,
+    shortcut_kwargs,
+    squeeze_width,
+    takes_residual,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -18,12 +27,13 @@ if TYPE_CHECKING:
 class DSBlock(Block):
     """Depthwise kxk (stride s) on the input channels, optional SE, pointwise 1x1 to ``c``; both activated.
 
-    No residual and no expansion. A separable conv whose pointwise conv is linear (MnasNet's
-    ``SepConv``, MobileNetV2's first block) is an ``ir`` block with ``e1``.
+    No expansion, and no residual unless ``r1`` asks for one (added when stride is 1 and in == out
+    channels: MnasNet's "identity residual" skip choice). A separable conv whose pointwise conv is
+    linear (MnasNet's ``SepConv``, MobileNetV2's first block) is an ``ir`` block with ``e1``.
     """
 
     kind: ClassVar[str] = "ds"
-    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "c", "s", "se", "sq", "a")
+    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "c", "s", "se", "sq", "a", "r")
     REQUIRED: ClassVar[tuple[str, ...]] = ("k", "c", "s")
     ONE_OF: ClassVar = ((("se", "sq"), False),)
 
@@ -33,6 +43,7 @@ class DSBlock(Block):
     se: float = 0.0
     act: str = "relu"
     squeeze: int | None = None
+    shortcut: bool = False
 
     def __post_init__(self) -> None:
         normalise_conv_fields(self)
@@ -46,16 +57,20 @@ class DSBlock(Block):
             se=fields.get("se", 0.0),  # type: ignore[arg-type]
             act=fields.get("a", "relu"),  # type: ignore[arg-type]
             squeeze=fields.get("sq"),  # type: ignore[arg-type]
+            **shortcut_kwargs(fields),  # type: ignore[arg-type]
         )
 
     def fields(self) -> list[tuple[str, object]]:
         items = [("k", self.kernel), ("c", self.out), ("s", self.stride), *se_fields(self.se, self.squeeze)]
         if self.act != "relu":
             items.append(("a", self.act))
-        return items
+        return items + shortcut_fields(self)
 
     def se_width(self, in_channels: int) -> int:
         return squeeze_width(in_channels, self.se, self.squeeze)
+
+    def residual(self, in_channels: int) -> bool:
+        return takes_residual(self, in_channels)
 
     def out_size(self, size: Size) -> Size:
         return same_out(size, self.kernel, self.stride)
@@ -86,8 +101,11 @@ class DSBlock(Block):
         return DepthwiseSeparable(self, in_channels)
 
     def edgetpu(self, net: Net, prefix: str) -> None:
-        reduced = self.se_width(net.c)
-        net.depthwise(self.kernel, self.stride, act=self.act, name=f"{prefix}.dw")
+        cin = net.c
+        reduced = self.se_width(cin)
+        branch = net.fork()
+        branch.depthwise(self.kernel, self.stride, act=self.act, name=f"{prefix}.dw")
         if reduced:
-            net.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
-        net.conv(self.out, 1, act=self.act, name=f"{prefix}.pw")
+            branch.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
+        branch.conv(self.out, 1, act=self.act, name=f"{prefix}.pw")
+        join_branch(net, branch, self.residual(cin), prefix)

@@ -6,7 +6,16 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, PrunableGroup, Size, same_out
-from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
+from ._common import (
+    join_branch,
+    normalise_conv_fields,
+    se_fields,
+    se_params,
+    shortcut_fields,
+    shortcut_kwargs,
+    squeeze_width,
+    takes_residual,
+)
 from .ir import check_width, expanded_width, width_field
 
 if TYPE_CHECKING:
@@ -18,14 +27,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class FusedIRBlock(Block):
     """A regular kxk conv (stride s) from the input to the expanded width + BN + act, optional SE,
-    then the linear 1x1 projection + BN; residual add when stride is 1 and in == out channels.
+    then the linear 1x1 projection + BN; residual add when stride is 1 and in == out channels,
+    unless ``r0``.
 
     The expansion and the depthwise conv of ``ir`` are fused into one dense conv, which fills a
     matrix unit far better than a depthwise one. The projection is always there, also at ``e1``.
     """
 
     kind: ClassVar[str] = "fir"
-    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "e", "m", "c", "s", "se", "sq", "a")
+    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "e", "m", "c", "s", "se", "sq", "a", "r")
     REQUIRED: ClassVar[tuple[str, ...]] = ("k", "c", "s")
     ONE_OF: ClassVar = ((("e", "m"), True), (("se", "sq"), False))
 
@@ -37,6 +47,7 @@ class FusedIRBlock(Block):
     se: float = 0.0
     act: str = "relu"
     squeeze: int | None = None
+    shortcut: bool = True
 
     def __post_init__(self) -> None:
         normalise_conv_fields(self, check_width)
@@ -52,6 +63,7 @@ class FusedIRBlock(Block):
             se=fields.get("se", 0.0),  # type: ignore[arg-type]
             act=fields.get("a", "relu"),  # type: ignore[arg-type]
             squeeze=fields.get("sq"),  # type: ignore[arg-type]
+            **shortcut_kwargs(fields),  # type: ignore[arg-type]
         )
 
     def fields(self) -> list[tuple[str, object]]:
@@ -59,7 +71,7 @@ class FusedIRBlock(Block):
         items += se_fields(self.se, self.squeeze)
         if self.act != "relu":
             items.append(("a", self.act))
-        return items
+        return items + shortcut_fields(self)
 
     def mid_channels(self, in_channels: int) -> int:
         return expanded_width(self, in_channels)
@@ -68,7 +80,7 @@ class FusedIRBlock(Block):
         return squeeze_width(in_channels, self.se, self.squeeze)
 
     def residual(self, in_channels: int) -> bool:
-        return self.stride == 1 and in_channels == self.out
+        return takes_residual(self, in_channels)
 
     def out_size(self, size: Size) -> Size:
         return same_out(size, self.kernel, self.stride)
@@ -105,10 +117,7 @@ class FusedIRBlock(Block):
         if reduced:
             branch.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
         branch.conv(self.out, 1, act=None, name=f"{prefix}.project")
-        if self.residual(cin):
-            net.add_residual(branch, name=f"{prefix}.add")
-        else:
-            net.extend(branch)
+        join_branch(net, branch, self.residual(cin), prefix)
 
     def prunable(self, in_channels: int) -> tuple[PrunableGroup, ...]:
         mid = self.mid_channels(in_channels)

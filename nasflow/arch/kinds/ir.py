@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, PrunableGroup, Size, check_groups, same_out
 from ..fields import positive_float, positive_int
-from ._common import normalise_conv_fields, se_fields, se_params, squeeze_width
+from ._common import (
+    join_branch,
+    normalise_conv_fields,
+    se_fields,
+    se_params,
+    shortcut_fields,
+    shortcut_kwargs,
+    squeeze_width,
+    takes_residual,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -42,11 +51,11 @@ class IRBlock(Block):
 
     With ``groups`` > 1 both 1x1 convs are grouped and the channels are shuffled between the
     expand conv and the depthwise conv (ShuffleNet, FBNet's ``k3_e1_g2``); the expand conv is
-    then always present. Residual add when stride is 1 and in == out channels.
+    then always present. Residual add when stride is 1 and in == out channels, unless ``r0``.
     """
 
     kind: ClassVar[str] = "ir"
-    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "e", "m", "c", "s", "g", "se", "sq", "a")
+    ALLOWED: ClassVar[tuple[str, ...]] = ("k", "e", "m", "c", "s", "g", "se", "sq", "a", "r")
     REQUIRED: ClassVar[tuple[str, ...]] = ("k", "c", "s")
     ONE_OF: ClassVar = ((("e", "m"), True), (("se", "sq"), False))
 
@@ -59,6 +68,7 @@ class IRBlock(Block):
     act: str = "relu"
     groups: int = 1
     squeeze: int | None = None
+    shortcut: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -82,6 +92,7 @@ class IRBlock(Block):
             act=fields.get("a", "relu"),  # type: ignore[arg-type]
             groups=fields.get("g", 1),  # type: ignore[arg-type]
             squeeze=fields.get("sq"),  # type: ignore[arg-type]
+            **shortcut_kwargs(fields),  # type: ignore[arg-type]
         )
 
     def fields(self) -> list[tuple[str, object]]:
@@ -91,7 +102,7 @@ class IRBlock(Block):
         items += se_fields(self.se, self.squeeze)
         if self.act != "relu":
             items.append(("a", self.act))
-        return items
+        return items + shortcut_fields(self)
 
     # --- structure
 
@@ -105,7 +116,7 @@ class IRBlock(Block):
         return squeeze_width(in_channels, self.se, self.squeeze)
 
     def residual(self, in_channels: int) -> bool:
-        return self.stride == 1 and in_channels == self.out
+        return takes_residual(self, in_channels)
 
     def check_input(self, in_channels: int) -> None:
         if self.groups > 1:
@@ -163,10 +174,7 @@ class IRBlock(Block):
         if reduced:
             branch.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
         branch.conv(self.out, 1, groups=self.groups, act=None, name=f"{prefix}.project")
-        if self.residual(cin):
-            net.add_residual(branch, name=f"{prefix}.add")
-        else:
-            net.extend(branch)
+        join_branch(net, branch, self.residual(cin), prefix)
 
     # --- pruning
 
