@@ -16,7 +16,7 @@ classes (``tests/test_zoo.py``; the README's zoo table).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from ..errors import ArchError
@@ -198,18 +198,25 @@ def zoo_names() -> list[str]:
     return list(ZOO)
 
 
+def small_input_strides(strides: Sequence[int]) -> list[int]:
+    """`strides` (stem first) with the first two above 1 set to 1: the CIFAR-style variants' rule,
+    so a 32x32 input ends at 4x4 where a network built for 224x224 ends at 7x7."""
+    left, out = 2, []
+    for stride in strides:
+        if left and stride > 1:
+            stride, left = 1, left - 1
+        out.append(stride)
+    return out
+
+
 def cifar_variant(arch: Arch) -> Arch:
     """`arch` with its first two stride-2 layers (the stem included) at stride 1 (32x32 inputs)."""
-    left = 2
-    stem_stride = arch.stem_stride
-    if stem_stride > 1:
-        stem_stride, left = 1, left - 1
-    blocks = []
-    for block in arch.blocks:
-        if left and getattr(block, "stride", 1) > 1:
-            block, left = replace(block, stride=1), left - 1  # type: ignore[type-var]
-        blocks.append(block)
-    return replace(arch, stem_stride=stem_stride, blocks=tuple(blocks))
+    strides = small_input_strides([arch.stem_stride, *(getattr(b, "stride", 1) for b in arch.blocks)])
+    blocks = tuple(
+        replace(block, stride=stride) if getattr(block, "stride", 1) != stride else block  # type: ignore[type-var]
+        for block, stride in zip(arch.blocks, strides[1:])
+    )
+    return replace(arch, stem_stride=strides[0], blocks=blocks)
 
 
 def _split_name(text: str) -> tuple[ZooModel, float, bool]:

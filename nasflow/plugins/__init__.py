@@ -30,6 +30,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.android",
     "nasflow.plugins.compress.morphnet_plugin",
     "nasflow.spaces.layerwise",
+    "nasflow.spaces.mnasnet",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
