@@ -750,13 +750,13 @@ def _first_batch(registry_path: Path, run_id: str) -> list[dict]:
 
 def realistic_rows(n: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """n candidate rows shaped like the search stage's, and 2 measurement rows (2 devices) each."""
-    from nasflow.config import SpaceConfig
+    from nasflow.spaces.layerwise import LayerwiseOptions
     from nasflow.flows.records import measurement_rows, stable_id
     from nasflow.space import LayerwiseSpace, arch_hash, count_arch_params, count_macs, format_arch
 
     import yaml
 
-    space = LayerwiseSpace(SpaceConfig.model_validate(yaml.safe_load(OVERHEAD_SPACE)["space"]["options"]))
+    space = LayerwiseSpace(LayerwiseOptions.model_validate(yaml.safe_load(OVERHEAD_SPACE)["space"]["options"]))
     rng = random.Random(seed)
     fingerprints = {d: base_fingerprint(d, "1.0", 1) for d in ("torch-cpu", "onnxruntime-cpu")}
     run_id = "registry-bench-0123456789"

@@ -3,7 +3,7 @@
 For each device (default: torch-cpu, onnxruntime-cpu, litert at 1 thread; those not usable here
 are listed with the reason and skipped):
 
-1. **LUT build.** Every operator of the default search space (``SpaceConfig()``) at CIFAR-10
+1. **LUT build.** Every operator of the default search space (``LayerwiseOptions()``) at CIFAR-10
    geometry (3x32x32 input, 10 classes) is timed, as ``nasflow profile`` does: each operator
    ``--passes`` times, interleaved, the fastest median kept. The wall time is reported, and for
    litert the part spent converting to ``.tflite`` (a fresh conversion cache, so it is counted).
@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nasflow.config import SpaceConfig
+from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.lut import build_lut, lut_entries
 from nasflow.plugins import get_plugins
 from nasflow.predictors import (
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.markdown:
         return tables.print_markdown("latency_fidelity", markdown, args.out)
-    space = LayerwiseSpace(SpaceConfig())
+    space = LayerwiseSpace(LayerwiseOptions())
     plugins = get_plugins()
     report: dict[str, Any] = {
         "benchmark": "latency_fidelity",
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine_info("torch", "onnxruntime", "ai-edge-litert", "litert-torch"),
         "settings": {
-            "space": "default SpaceConfig()",
+            "space": "default LayerwiseOptions()",
             "space_size": space.size(),
             "input": [1, IN_CHANNELS, IMAGE_SIZE, IMAGE_SIZE],
             "num_classes": NUM_CLASSES,

@@ -234,12 +234,3 @@ class ExecutionConfig(Section):
             raise ValueError("execution.amp needs a CUDA device; with execution.device 'cpu' training is float32 only")
         return self
 
-
-def __getattr__(name: str) -> Any:
-    # `SpaceConfig` / `StageConfig` were the layer-wise space's models before spaces became
-    # plugins; scripts that import them get the plugin's option models.
-    if name in ("SpaceConfig", "StageConfig"):
-        from .spaces import layerwise  # noqa: PLC0415
-
-        return {"SpaceConfig": layerwise.LayerwiseOptions, "StageConfig": layerwise.StageOptions}[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

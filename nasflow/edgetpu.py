@@ -91,7 +91,7 @@ if TYPE_CHECKING:  # torch-dependent modules are imported lazily
     import torch
 
     from .arch import Arch
-    from .spaces.layerwise import LayerwiseOptions as SpaceConfig
+    from .spaces.layerwise import LayerwiseOptions
 
 MODEL_VERSION = "1"
 """Bumped whenever the estimator's structure or constants change (it is part of the runtime)."""
@@ -473,13 +473,13 @@ def op_compatibility(arch: Arch, *, assume_se_mapped: bool = False) -> list[Inco
 class CompatibleChoices:
     """A search-space config restricted to what the Edge TPU maps, and what was removed."""
 
-    config: SpaceConfig
+    config: LayerwiseOptions
     removed: tuple[str, ...]
     notes: tuple[str, ...]
 
 
 def edgetpu_compatible_choices(
-    space_config: SpaceConfig, *, assume_se_mapped: bool = False, drop_large_kernels: bool = False
+    space_config: LayerwiseOptions, *, assume_se_mapped: bool = False, drop_large_kernels: bool = False
 ) -> CompatibleChoices:
     """`space_config` without the choices that would make the Edge TPU fall back to the CPU.
 
