@@ -108,6 +108,27 @@ class ObjectivesConfig(Section):
     alpha: float = Field(-0.07, description="exponent w when LAT <= T (MnasNet soft: -0.07, hard: 0)")
     beta: float = Field(-0.07, description="exponent w when LAT > T (MnasNet soft: -0.07, hard: -1)")
     max_latency_ms: float | None = Field(None, gt=0, description="hard constraint: slower candidates score 0")
+    pareto: list[str] = Field(
+        default_factory=list,
+        description=(
+            "objectives of a multi-objective search (nsga2, optuna): accuracy, latency (the objective device), "
+            "latency@DEVICE, energy@DEVICE, params, macs; the train stage then takes its top_k spread along the front"
+        ),
+    )
+
+    @field_validator("pareto")
+    @classmethod
+    def _pareto_entries(cls, entries: list[str]) -> list[str]:
+        from .objectives import parse_pareto_objective  # noqa: PLC0415 (objectives imports this module)
+
+        for entry in entries:
+            parse_pareto_objective(entry)
+        if len(entries) == 1:
+            raise ValueError("objectives.pareto needs at least two objectives (one is the scalar reward)")
+        duplicates = sorted({e for e in entries if entries.count(e) > 1})
+        if duplicates:
+            raise ValueError(f"objectives.pareto lists {', '.join(duplicates)} more than once")
+        return entries
 
     @model_validator(mode="after")
     def _target_needed(self) -> "ObjectivesConfig":

@@ -184,13 +184,72 @@ class OpSupport:
 # ---------------------------------------------------------------- search
 
 
+@dataclass(frozen=True)
+class DeviceLatency:
+    """A candidate's latency on one device, in ms, and where the number came from."""
+
+    ms: float
+    source: Source
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateResult:
+    """Everything the search learned about one proposed genome, as told to a strategy.
+
+    It unpacks as ``(genome, score)``, the form strategies were told before, so a strategy
+    written as ``for genome, score in results`` keeps working unchanged.
+    """
+
+    genome: Genome
+    score: float | None
+    """The spec's scalar objective (higher is better); None when the candidate failed."""
+    accuracy: float | None = None
+    accuracy_source: str | None = None
+    """`proxy` (search-time training on validation), `supernet`, `full` or `artifact`."""
+    latency: dict[str, DeviceLatency] = field(default_factory=dict)
+    """Per device, the latency on the search's own scale (its LUT or predictor when it uses one)."""
+    energy_mj: dict[str, float] = field(default_factory=dict)
+    params: int | None = None
+    macs: int | None = None
+    error: str | None = None
+    """Why the candidate failed (None when it succeeded)."""
+    costs: tuple[float, ...] | None = None
+    """The values of `objectives.pareto`, each turned into a cost to minimise (accuracy negated),
+    in the spec's order; None when the spec sets no Pareto objectives or a value is missing."""
+    reused_from: str | None = None
+    """The run whose recorded numbers these are, when they came from an earlier run (warm start)."""
+
+    @property
+    def failed(self) -> bool:
+        return self.score is None
+
+    def __iter__(self):
+        yield self.genome
+        yield self.score
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        return (self.genome, self.score)[index]
+
+
 class SearchStrategy(Plugin):
-    """Ask/tell search: propose genomes, receive their scores (higher is better, None = failed)."""
+    """Ask/tell search: propose genomes, receive their results (scores: higher is better, None = failed)."""
 
     kind = "search"
 
     needs_supernet: ClassVar[bool] = False
     """True for one-shot strategies that train `space.supernet()`; refused on spaces without one."""
+
+    pareto_support: ClassVar[Literal["refused", "accepted", "required"]] = "refused"
+    """Whether the strategy works with `objectives.pareto` (it reads `CandidateResult.costs`):
+    `refused` (it ranks by the scalar score, so a Pareto spec is refused at validation),
+    `accepted` (it works either way) or `required`."""
+
+    pareto_labels: tuple[str, ...] = ()
+    """The spec's Pareto objectives (`accuracy`, `latency@litert`, ...), set by the search before
+    the first `ask`; the order of `CandidateResult.costs`."""
 
     def __init__(self, options: BaseModel | None, space: "SearchSpace", seed: int):
         super().__init__(options)
@@ -202,8 +261,18 @@ class SearchStrategy(Plugin):
         """Propose up to `n` genomes to evaluate next."""
 
     @abstractmethod
-    def tell(self, results: list[tuple[Genome, float | None]]) -> None:
-        """Receive scores for genomes returned by the last `ask`, in the same order."""
+    def tell(self, results: list[CandidateResult]) -> None:
+        """Receive the results of genomes returned by the last `ask`, in the same order.
+
+        Each result unpacks as ``(genome, score)``; the full record (accuracy, per-device
+        latency, params, MACs, Pareto costs, failure) is on its attributes.
+        """
+
+    @classmethod
+    def minimum_budget(cls, options: BaseModel) -> int:
+        """The smallest `search.budget` this strategy can work with (its first population, say);
+        a smaller budget is refused at validation, naming this number."""
+        return 1
 
     def step_log(self) -> dict[str, float]:
         """Numbers that show how the strategy stands after the last `tell` (a policy's entropy,

@@ -598,7 +598,11 @@ class Registry:
         return self._insert("lut", rows, replace=replace)
 
     def add_evaluated(
-        self, candidates: list[dict[str, Any]], measurements: list[dict[str, Any]], replace: bool = False
+        self,
+        candidates: list[dict[str, Any]],
+        measurements: list[dict[str, Any]],
+        replace: bool = False,
+        search_log: list[dict[str, Any]] | None = None,
     ) -> tuple[int, int]:
         """Append candidates and their measurements in one transaction; returns (candidates, measurements) added.
 
@@ -610,8 +614,11 @@ class Registry:
         candidate evaluated again, a row completed with its timings): the stored rows and the
         measurements of their live models are deleted in the same transaction, so the new
         measurements are not skipped as already present. Measurements of deployed artifacts stay.
+        `search_log` rows (see add_search_log) ride along in the same transaction.
         """
         batches = [("candidates", candidates, False), ("measurements", measurements, False)]
+        if search_log:
+            batches.append(("search_log", search_log, False))
         if not replace:
             written = self._insert_tables(batches)
         else:

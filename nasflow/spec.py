@@ -69,11 +69,23 @@ class Spec(Section):
             raise ValueError(
                 f"objectives.device {self.objectives.device!r} is not in devices ({', '.join(names)})"
             )
+        for entry in self.objectives.pareto:
+            device = entry.partition("@")[2]
+            if device and device not in names:
+                raise ValueError(f"objectives.pareto entry {entry!r} names a device not in devices ({', '.join(names)})")
         return self
 
     @property
     def objective_device(self) -> str:
         return self.objectives.device or self.devices[0].name
+
+    @property
+    def pareto(self) -> list:
+        """`objectives.pareto` parsed (`nasflow.objectives.ParetoObjective`), bare latency bound to the objective device."""
+        from .objectives import pareto_objectives
+
+        return pareto_objectives(self.objectives.pareto, self.objective_device)
+
 
     def spec_hash(self) -> str:
         """Identity of the run: the settings its search results depend on, nothing else.
@@ -90,6 +102,8 @@ class Spec(Section):
         if self.search.latency == "measured":  # the LUT, its predictor and their drift check are unused
             for path in (("profile",), ("search", "drift")):
                 _drop(content, path)
+        if not self.objectives.pareto:  # added later: specs without it keep their run ids
+            _drop(content, ("objectives", "pareto"))
         execution = content.get("execution", {})
         content["execution"] = {"seed": execution.get("seed")}
         canonical = json.dumps(content, sort_keys=True)
@@ -273,7 +287,35 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
             field = loc + ("name",)
             messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: device {name!r} is not usable here: {reason}")
     if not messages:
-        messages += _space_messages(spec, lines, source)
+        messages += _space_messages(spec, lines, source) + _strategy_messages(spec, lines, source)
+    return messages
+
+
+def _strategy_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    """What the strategy needs of the spec: Pareto objectives or none, a budget it can work with."""
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    name = spec.search.strategy
+    strategy = plugins.get("search", name).cls
+    messages = []
+    at = lambda *loc: f"{source}:{_line_for(lines, loc)}"  # noqa: E731
+    if spec.objectives.pareto and strategy.pareto_support == "refused":
+        messages.append(
+            f"{at('objectives', 'pareto')}: objectives.pareto: strategy {name!r} ranks candidates by one score and "
+            "ignores Pareto objectives; use a multi-objective strategy (nsga2, optuna) or remove objectives.pareto"
+        )
+    if not spec.objectives.pareto and strategy.pareto_support == "required":
+        messages.append(
+            f"{at('search', 'strategy')}: search.strategy: {name!r} searches for a Pareto front and needs "
+            "objectives.pareto (e.g. [accuracy, latency])"
+        )
+    minimum = strategy.minimum_budget(plugins.options("search", name, spec.search.options))
+    if spec.search.enabled and spec.search.budget < minimum:
+        messages.append(
+            f"{at('search', 'budget')}: search.budget: {spec.search.budget} is below what {name!r} needs with these "
+            f"options ({minimum}: its first population); raise the budget or shrink the population"
+        )
     return messages
 
 

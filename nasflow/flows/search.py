@@ -18,16 +18,16 @@ from prefect import flow
 from ..data import Dataset, load_dataset
 from ..errors import SpecError
 from ..objectives import score
-from ..plugin_api import DeviceBackend, Genome
+from ..plugin_api import DeviceBackend, Genome, SearchSpace
 from ..plugins import get_plugins
 from ..progress import reporter
-from ..plugin_api import SearchSpace
 from ..space import Arch, arch_hash, format_arch
 from ..spec import Spec, space_for_data
 from .context import RunContext
 from .evaluate import arch_costs, describe_error, latency_on, make_devices, model_for, train_in_parallel
 from .latency import LatencyModel, load_latency_models, time_candidates
 from .records import BufferedWriter, candidate_id, device_failure_rows, measurement_rows, objective_failure, retried
+from .told import candidate_result
 
 STAGE = "search"
 
@@ -192,12 +192,19 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     data = load_dataset(spec.dataset)
     space = space_for_data(spec, data)
     strategy = get_plugins().create("search", spec.search.strategy, spec.search.options, space, spec.execution.seed)
+    pareto = spec.pareto
+    strategy.pareto_labels = tuple(o.label for o in pareto)
     devices = make_devices(spec.devices)
     latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)
     notes = latency_goal_warnings(spec, space, devices, latency_models, data)
     for note in notes:
         _warn(note)
     stored = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
+    # Measurement rows per candidate id: what each told result's latencies and energy come from.
+    measured_rows: dict[str, list[dict]] = {}
+    for m in registry.get_measurements([r["candidate_id"] for r in stored.values() if r["status"] == "ok"]):
+        measured_rows.setdefault(m["candidate_id"], []).append(m)
+    step = 0
     budget = spec.search.budget
     seen: dict[str, dict] = {}  # arch hash -> row of every architecture this search has reached
     counts = {"proposed": 0, "duplicates": 0, "evaluated": 0, "reused": 0, "retried": 0}
@@ -231,15 +238,25 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                 ms, failures = measured[h]
                 row = retried(_candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
                 rows.append(row)
-                mrows += measurement_rows(row["candidate_id"], ctx.run_id, ms) + device_failure_rows(
-                    row["candidate_id"], ctx.run_id, failures
-                )
+                own = measurement_rows(row["candidate_id"], ctx.run_id, ms)
+                measured_rows[row["candidate_id"]] = own
+                mrows += own + device_failure_rows(row["candidate_id"], ctx.run_id, failures)
                 seen[h] = row
             for arch in reused:
                 seen[arch_hash(arch)] = stored[arch_hash(arch)]
             writer.add(rows, mrows)  # candidates and their measurements land in one transaction
             # A full batch is told whole; a batch the budget cut short, up to the cut (no ask follows).
-            strategy.tell([(g, seen[arch_hash(a)].get("score")) for g, a in zip(genomes[:told], archs[:told])])
+            strategy.tell([
+                candidate_result(g, seen[arch_hash(a)], measured_rows.get(seen[arch_hash(a)]["candidate_id"], ()),
+                                 spec.search.latency, pareto)
+                for g, a in zip(genomes[:told], archs[:told])
+            ])
+            step += 1
+            log = [
+                {"run_id": ctx.run_id, "strategy": spec.search.strategy, "step": step, "metric": metric, "value": float(value)}
+                for metric, value in strategy.step_log().items()
+            ]
+            writer.add([], [], log)  # a replayed step's log is already there and is kept
             stalled = 0 if new else stalled + len(genomes)
             counts["proposed"] += told
             counts["duplicates"] += duplicates

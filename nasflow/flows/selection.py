@@ -48,3 +48,23 @@ def best_candidates(rows: list[dict[str, Any]], k: int, objectives: ObjectivesCo
 def over_cap(rows: list[dict[str, Any]], objectives: ObjectivesConfig) -> int:
     """How many successful rows break `objectives.max_latency_ms` (0 when there is no cap)."""
     return sum(1 for r in rows if r["status"] == "ok" and not meets_latency_cap(r.get("latency_ms"), objectives))
+
+
+def pareto_candidates(registry: Registry, rows: list[dict[str, Any]], k: int, spec) -> list[dict]:
+    """The `k` rows taken from the Pareto front of `spec.objectives.pareto` (then the next fronts),
+    spread along it by crowding distance; rows missing an objective's value, or over the latency
+    cap, are left out. Values are on the search's own latency scale, as the strategy saw them."""
+    from ..objectives import spread_along_front
+    from .told import candidate_result
+
+    usable = [r for r in rows if r["status"] == "ok" and meets_latency_cap(r.get("latency_ms"), spec.objectives)]
+    by_candidate: dict[str, list[dict]] = {}
+    for m in registry.get_measurements([r["candidate_id"] for r in usable]) if usable else []:
+        by_candidate.setdefault(m["candidate_id"], []).append(m)
+    scored = []
+    for row in sorted(usable, key=lambda r: r["arch_hash"]):  # a stable order for equal costs
+        result = candidate_result((), row, by_candidate.get(row["candidate_id"], []), spec.search.latency, spec.pareto)
+        if result.costs is not None:
+            scored.append((row, result.costs))
+    picks = spread_along_front([costs for _, costs in scored], k)
+    return [scored[i][0] for i in picks]

@@ -28,7 +28,7 @@ from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, 
 from .records import (
     candidate_id, checkpoint_path, device_failure_rows, measurement_rows, objective_failure, retried, stage_key,
 )
-from .selection import best_candidates, over_cap, with_latency
+from .selection import best_candidates, over_cap, pareto_candidates, with_latency
 
 STAGE = "train"
 
@@ -54,7 +54,11 @@ def _jobs(ctx: RunContext, registry: Registry) -> tuple[list[dict[str, Any]], in
         registry, registry.get_candidates(ctx.run_id, stage="search"), spec.objective_device, [d.name for d in spec.devices]
     )
     jobs, seen = [], set()
-    for parent in best_candidates(search, spec.train.top_k, spec.objectives):
+    parents = (
+        pareto_candidates(registry, search, spec.train.top_k, spec) if spec.objectives.pareto
+        else best_candidates(search, spec.train.top_k, spec.objectives)
+    )
+    for parent in parents:
         jobs.append({"arch": parent["arch"], "parent_id": parent["candidate_id"]})
         seen.add(parent["arch_hash"])
     for text in spec.train.archs:

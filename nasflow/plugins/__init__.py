@@ -21,6 +21,8 @@ BUILTIN_MODULES = (
     "nasflow.plugins.search.random_search",
     "nasflow.plugins.search.evolution",
     "nasflow.plugins.search.mnasnet_rl",
+    "nasflow.plugins.search.nsga2",
+    "nasflow.plugins.search.optuna_search",
     "nasflow.plugins.devices.torch_cpu",
     "nasflow.plugins.devices.onnxruntime_cpu",
     "nasflow.plugins.devices.cuda",

@@ -7,7 +7,7 @@ from collections import deque
 from pydantic import Field, model_validator
 
 from ...hookspecs import hookimpl
-from ...plugin_api import Genome, PluginOptions, SearchStrategy
+from ...plugin_api import CandidateResult, Genome, PluginOptions, SearchStrategy
 
 
 class EvolutionOptions(PluginOptions):
@@ -56,7 +56,7 @@ class RegularizedEvolution(SearchStrategy):
         best = max(contenders, key=lambda item: float("-inf") if item[1] is None else item[1])
         return best[0]
 
-    def tell(self, results: list[tuple[Genome, float | None]]) -> None:
+    def tell(self, results: list[CandidateResult]) -> None:
         for genome, score in results:
             self.population.append((genome, score))
             if len(self.population) > self.options.population_size:

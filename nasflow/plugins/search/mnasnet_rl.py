@@ -19,7 +19,7 @@ from typing import Literal
 from pydantic import Field
 
 from ...hookspecs import hookimpl
-from ...plugin_api import Genome, PluginOptions, SearchStrategy
+from ...plugin_api import CandidateResult, Genome, PluginOptions, SearchStrategy
 
 
 class MnasNetOptions(PluginOptions):
@@ -158,7 +158,7 @@ class MnasNetController(SearchStrategy):
         self._pending = list(zip(genomes, logp))
         return genomes
 
-    def tell(self, results: list[tuple[Genome, float | None]]) -> None:
+    def tell(self, results: list[CandidateResult]) -> None:
         # A batch the budget cut short is told up to the cut; the rest of the proposals are dropped.
         asked, self._pending = self._pending[: len(results)], []
         rewards = [self.options.failed_reward if score is None else float(score) for _, score in results]

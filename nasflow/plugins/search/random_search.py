@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ...hookspecs import hookimpl
-from ...plugin_api import Genome, PluginOptions, SearchStrategy
+from ...plugin_api import CandidateResult, Genome, PluginOptions, SearchStrategy
 
 
 class RandomOptions(PluginOptions):
@@ -18,6 +18,7 @@ class RandomSearch(SearchStrategy):
     name = "random"
     description = "uniform random sampling of the space (no repeats while possible)"
     Options = RandomOptions
+    pareto_support = "accepted"  # the baseline of multi-objective searches too
 
     def __init__(self, options, space, seed):
         super().__init__(options, space, seed)
@@ -35,7 +36,7 @@ class RandomSearch(SearchStrategy):
             proposals.append(genome)
         return proposals
 
-    def tell(self, results: list[tuple[Genome, float | None]]) -> None:
+    def tell(self, results: list[CandidateResult]) -> None:
         """Random search ignores scores."""
 
 

@@ -1,0 +1,121 @@
+"""What a real search run tells its strategy (full results, replayed identically on a re-run), the
+per-step log it records, Pareto selection for training, and the checks at validation."""
+
+import pytest
+
+from nasflow.errors import SpecError
+from nasflow.flows.pipeline import run_spec
+from nasflow.plugin_api import CandidateResult
+from nasflow.plugins.search.nsga2 import Nsga2
+from nasflow.registry import Registry
+from nasflow.spec import load_spec, parse_spec
+
+from conftest import tiny_spec_text
+
+PARETO = "{reward: accuracy, pareto: [accuracy, latency@onnxruntime-cpu, params]}"
+
+
+def pareto_spec(tmp_path, train: bool = False, budget: int = 6) -> str:
+    text = tiny_spec_text(tmp_path, name="pareto", objectives=PARETO, profile=False, train=train, morph=False, deploy=False)
+    text = text.replace("  strategy: evolution\n", "  strategy: nsga2\n").replace(
+        "  options: {population_size: 3, sample_size: 2}\n", "  options: {population_size: 4}\n"
+    ).replace("  budget: 6\n", f"  budget: {budget}\n")
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def told(monkeypatch):
+    """Every result the nsga2 strategy is told, in order (the real tell still runs)."""
+    seen: list[CandidateResult] = []
+    original = Nsga2.tell
+
+    def spy(self, results):
+        seen.extend(results)
+        return original(self, results)
+
+    monkeypatch.setattr(Nsga2, "tell", spy)
+    return seen
+
+
+def test_the_strategy_is_told_full_results_and_a_rerun_tells_the_same(tmp_path, told):
+    path = pareto_spec(tmp_path)
+    summary = run_spec(load_spec(path))
+    first = list(told)
+    assert len(first) >= 6
+    registry = Registry(tmp_path / "registry.duckdb")
+    rows = {r["arch_hash"]: r for r in registry.get_candidates(summary.run_id, stage="search")}
+    for result in first:
+        assert isinstance(result, CandidateResult) and not result.failed
+        assert result.accuracy_source == "proxy" and 0 <= result.accuracy <= 1
+        assert set(result.latency) == {"torch-cpu", "onnxruntime-cpu"}
+        assert all(lat.source == "measured" and lat.ms > 0 for lat in result.latency.values())
+        assert result.params > 0 and result.macs > 0
+        assert result.costs == (-result.accuracy, result.latency["onnxruntime-cpu"].ms, float(result.params))
+    by_genome = {tuple(r["extra"]["genome"]): r for r in rows.values()}
+    assert all(by_genome[r.genome]["accuracy"] == r.accuracy for r in first)
+
+    told.clear()
+    again = run_spec(load_spec(path))  # everything is in the registry: replayed, nothing re-evaluated
+    assert again.run_id == summary.run_id
+    assert [(r.genome, r.score, r.accuracy, r.latency, r.params, r.costs) for r in told] == [
+        (r.genome, r.score, r.accuracy, r.latency, r.params, r.costs) for r in first
+    ]
+    log = registry.query(
+        "SELECT step, metric, value FROM search_log WHERE run_id = ? ORDER BY step, metric", [summary.run_id]
+    )[1]
+    # batches of 3, a population of 4: the first generation is selected at step 2 (nothing to log before)
+    assert [(s, m) for s, m, _ in log] == [(2, "front_size"), (2, "generation")] and log[1][2] == 1
+    assert all(strategy == "nsga2" for (strategy,) in registry.query("SELECT strategy FROM search_log")[1])
+
+
+def test_training_takes_its_top_k_from_the_pareto_front(tmp_path):
+    from nasflow.objectives import non_dominated_fronts
+    from nasflow.flows.told import candidate_result
+
+    path = pareto_spec(tmp_path, train=True, budget=8)
+    text = path.read_text().replace("top_k: 1, config: {epochs: 2}", "top_k: 2, config: {epochs: 1}")
+    path.write_text(text)
+    summary = run_spec(load_spec(path))
+    registry = Registry(tmp_path / "registry.duckdb")
+    search = [r for r in registry.get_candidates(summary.run_id, stage="search") if r["status"] == "ok"]
+    measurements = registry.get_measurements([r["candidate_id"] for r in search])
+    spec = load_spec(path).spec
+    costs = [
+        candidate_result((), r, [m for m in measurements if m["candidate_id"] == r["candidate_id"]], "measured", spec.pareto).costs
+        for r in search
+    ]
+    front = {search[i]["candidate_id"] for i in non_dominated_fronts(costs)[0]}
+    parents = {r["parent_id"] for r in registry.get_candidates(summary.run_id, stage="train")}
+    assert len(parents) == 2
+    assert parents <= front or front <= parents  # a front of one: the second pick comes from the next front
+
+
+@pytest.mark.parametrize("change,message", [
+    (("objectives: {reward: mnasnet, target_ms: 0.2}", "objectives: {pareto: [accuracy, latency@litert]}"),
+     "objectives.pareto entry 'latency@litert' names a device not in devices"),
+    (("objectives: {reward: mnasnet, target_ms: 0.2}", "objectives: {pareto: [accuracy, speed]}"),
+     "unknown Pareto objective 'speed'; choose from accuracy, latency, params, macs, energy"),
+    (("objectives: {reward: mnasnet, target_ms: 0.2}", "objectives: {pareto: [accuracy]}"),
+     "objectives.pareto needs at least two objectives"),
+    (("objectives: {reward: mnasnet, target_ms: 0.2}", "objectives: {pareto: [accuracy, latency]}"),
+     "strategy 'evolution' ranks candidates by one score"),
+    (("strategy: evolution", "strategy: nsga2"), "'nsga2' searches for a Pareto front and needs objectives.pareto"),
+])
+def test_bad_pareto_settings_are_refused_at_validation(tmp_path, change, message):
+    text = tiny_spec_text(tmp_path).replace("  options: {population_size: 3, sample_size: 2}\n", "").replace(*change)
+    with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_spec(text, "s.yaml")
+
+
+def test_a_budget_below_the_first_population_names_the_minimum(tmp_path):
+    text = tiny_spec_text(tmp_path, objectives="{pareto: [accuracy, latency]}").replace(
+        "strategy: evolution", "strategy: nsga2").replace("{population_size: 3, sample_size: 2}", "{population_size: 8}")
+    with pytest.raises(SpecError, match=r"search.budget: 6 is below what 'nsga2' needs with these options \(8: its first population\)"):
+        parse_spec(text, "s.yaml")
+
+
+def test_pareto_leaves_the_run_id_of_specs_without_it_alone(tmp_path):
+    text = tiny_spec_text(tmp_path)
+    assert parse_spec(text, "s.yaml").run_id() == parse_spec(text.replace("target_ms: 0.2}", "target_ms: 0.2, pareto: []}"), "s.yaml").run_id()
