@@ -181,6 +181,14 @@ class DriftConfig(Section):
     window: int = Field(20, ge=1, description="measured candidates the error is taken over")
 
 
+class WarmStartConfig(Section):
+    """Seed the search with earlier runs' candidates from the same registry (see nasflow.flows.warm_start)."""
+
+    enabled: bool = False
+    runs: list[str] = Field(default_factory=list, description="run ids to start from (default: every earlier run)")
+    top: int = Field(16, ge=1, description="earlier candidates handed to the strategy: the best, or spread along the Pareto front")
+
+
 class SearchConfig(Section):
     enabled: bool = True
     latency: Literal["measured", "lut", "predicted"] = Field(
@@ -192,6 +200,7 @@ class SearchConfig(Section):
     batch_size: int = Field(4, ge=1, description="candidates proposed and evaluated together")
     options: dict[str, Any] = Field(default_factory=dict)
     proxy: ProxyConfig = Field(default_factory=ProxyConfig)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
 
 
 class TrainStageConfig(Section):

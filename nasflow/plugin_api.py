@@ -268,6 +268,13 @@ class SearchStrategy(Plugin):
         latency, params, MACs, Pareto costs, failure) is on its attributes.
         """
 
+    def warm_start(self, results: list[CandidateResult]) -> None:
+        """Take earlier runs' results (`search.warm_start`) before the first `ask`: genomes this
+        strategy never proposed. The default tells them, which makes them the initial population
+        of evolution and NSGA-II and pre-trains the RL controller's policy; a strategy whose
+        `tell` must match its asks overrides this."""
+        self.tell(results)
+
     @classmethod
     def minimum_budget(cls, options: BaseModel) -> int:
         """The smallest `search.budget` this strategy can work with (its first population, say);

@@ -104,6 +104,8 @@ class Spec(Section):
                 _drop(content, path)
         if not self.objectives.pareto:  # added later: specs without it keep their run ids
             _drop(content, ("objectives", "pareto"))
+        if not self.search.warm_start.enabled:
+            _drop(content, ("search", "warm_start"))
         execution = content.get("execution", {})
         content["execution"] = {"seed": execution.get("seed")}
         canonical = json.dumps(content, sort_keys=True)

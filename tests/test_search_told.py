@@ -119,3 +119,74 @@ def test_a_budget_below_the_first_population_names_the_minimum(tmp_path):
 def test_pareto_leaves_the_run_id_of_specs_without_it_alone(tmp_path):
     text = tiny_spec_text(tmp_path)
     assert parse_spec(text, "s.yaml").run_id() == parse_spec(text.replace("target_ms: 0.2}", "target_ms: 0.2, pareto: []}"), "s.yaml").run_id()
+
+
+# ------------------------------------------------------------------ warm starts
+
+
+def warm_spec(tmp_path, name: str, seed: int, warm: str = "", epochs: int = 1, strategy: str = "evolution") -> str:
+    text = tiny_spec_text(tmp_path, name=name, objectives="{reward: accuracy}", profile=False, train=False, morph=False, deploy=False)
+    text = text.replace("execution: {runner: thread,", f"execution: {{seed: {seed}, runner: thread,")
+    text = text.replace("  proxy: {epochs: 1, subset: 0.5}\n", f"  proxy: {{epochs: {epochs}, subset: 0.5}}\n" + (f"  warm_start: {warm}\n" if warm else ""))
+    if strategy != "evolution":
+        text = text.replace("  strategy: evolution\n", f"  strategy: {strategy}\n").replace("  options: {population_size: 3, sample_size: 2}\n", "")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_warm_start_reuses_compatible_earlier_candidates_and_records_where_they_came_from(tmp_path, monkeypatch):
+    from nasflow.plugins.search.evolution import RegularizedEvolution
+
+    first = run_spec(load_spec(warm_spec(tmp_path, "cold", seed=0)))
+    registry = Registry(tmp_path / "registry.duckdb")
+    earlier = {r["arch_hash"]: r for r in registry.get_candidates(first.run_id, stage="search") if r["status"] == "ok"}
+
+    warmed: list = []
+    original = RegularizedEvolution.warm_start
+
+    def spy(self, results):
+        warmed.extend(results)
+        return original(self, results)
+
+    monkeypatch.setattr(RegularizedEvolution, "warm_start", spy)
+    path = warm_spec(tmp_path, "warm", seed=1, warm="{enabled: true, top: 4}")
+    second = run_spec(load_spec(path))
+    rows = registry.get_candidates(second.run_id, stage="search")
+    reused = [r for r in rows if (r["extra"] or {}).get("reused_from")]
+    assert len(reused) == 4 and all(r["extra"]["reused_from"] == first.run_id for r in reused)
+    best = sorted(earlier.values(), key=lambda r: (-r["score"], r["arch_hash"]))[:4]
+    assert {r["arch_hash"] for r in reused} == {r["arch_hash"] for r in best}
+    for r in reused:
+        assert r["accuracy"] == earlier[r["arch_hash"]]["accuracy"] and r["extra"]["reused_candidate"] == earlier[r["arch_hash"]]["candidate_id"]
+    copied = registry.get_measurements([r["candidate_id"] for r in reused])
+    assert copied and all(m["extra"]["reused_from"] == first.run_id for m in copied)
+    assert len(rows) - len(reused) == 6  # the budget counts this run's own evaluations only
+    assert sorted(r.genome for r in warmed) == sorted(tuple(r["extra"]["genome"]) for r in reused)
+    assert all(set(r.latency) == {"torch-cpu", "onnxruntime-cpu"} for r in warmed)
+
+    warmed.clear()
+    again = run_spec(load_spec(path))  # resumed: the same warm start, read back, nothing new
+    assert again.run_id == second.run_id and len(registry.get_candidates(second.run_id, stage="search")) == len(rows)
+    assert sorted(r.genome for r in warmed) == sorted(tuple(r["extra"]["genome"]) for r in reused)
+
+
+def test_a_warm_start_with_nothing_compatible_warns_why(tmp_path):
+    run_spec(load_spec(warm_spec(tmp_path, "cold", seed=0)))
+    path = warm_spec(tmp_path, "other-proxy", seed=0, warm="{enabled: true}", epochs=2)
+    summary = run_spec(load_spec(path))
+    assert any("search.warm_start: no earlier candidate could be reused" in w and "other proxy or training settings" in w
+               for w in summary.stages["search"]["warnings"]), summary.stages["search"]
+
+
+@pytest.mark.parametrize("strategy", ["optuna", "nsga2", "mnasnet"])
+def test_every_strategy_takes_a_warm_start(tmp_path, strategy):
+    run_spec(load_spec(warm_spec(tmp_path, "cold", seed=0)))
+    text = warm_spec(tmp_path, f"warm-{strategy}", seed=2, warm="{enabled: true, top: 3}", strategy=strategy).read_text()
+    if strategy == "nsga2":
+        text = text.replace("objectives: {reward: accuracy}", "objectives: {pareto: [accuracy, latency]}").replace(
+            "  strategy: nsga2\n", "  strategy: nsga2\n  options: {population_size: 4}\n")
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    summary = run_spec(load_spec(path))
+    assert summary.stages["search"]["warm_start"] == 3 and summary.stages["search"]["evaluated"] == 6

@@ -164,6 +164,35 @@ def _warn(message: str) -> None:
 # ------------------------------------------------------------------ the stage
 
 
+def _warm_start(ctx: RunContext, registry, space, devices, stored: dict, measured_rows: dict) -> tuple[list[dict], str | None]:
+    """This run's warm-start rows: recorded on its first start (read back on a resume), else
+    chosen now from earlier runs and written before the search proposes anything; and a warning
+    when nothing could be reused."""
+    spec = ctx.spec
+    if not spec.search.warm_start.enabled:
+        return [], None
+    recorded = [r for r in stored.values() if (r.get("extra") or {}).get("reused_from")]
+    if recorded:
+        return sorted(recorded, key=lambda r: r["candidate_id"]), None
+    from .warm_start import collect
+
+    found = collect(registry, spec, ctx.run_id, space, devices)
+    note = found.message()
+    if note:
+        _warn(note)
+        return [], note
+    registry.add_evaluated(found.rows, found.measurements)
+    for m in found.measurements:
+        measured_rows.setdefault(m["candidate_id"], []).append(m)
+    for row in found.rows:
+        stored[row["arch_hash"]] = row
+    reporter().message(
+        f"warm start: {len(found.rows)} candidates from earlier runs "
+        f"({', '.join(sorted({r['extra']['reused_from'] for r in found.rows}))})"
+    )
+    return sorted(found.rows, key=lambda r: r["candidate_id"]), None
+
+
 def _take(archs: list[Arch], seen: dict[str, dict], room: int) -> tuple[list[Arch], int, int]:
     """(new architectures within `room`, in order; proposals told; duplicates among them).
 
@@ -205,23 +234,30 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     for m in registry.get_measurements([r["candidate_id"] for r in stored.values() if r["status"] == "ok"]):
         measured_rows.setdefault(m["candidate_id"], []).append(m)
     step = 0
+    warm, warm_note = _warm_start(ctx, registry, space, devices, stored, measured_rows)
+    notes += [warm_note] if warm_note else []
+    if warm:
+        strategy.warm_start([
+            candidate_result(tuple(r["extra"]["genome"]), r, measured_rows.get(r["candidate_id"], ()), spec.search.latency, pareto)
+            for r in warm
+        ])
     budget = spec.search.budget
-    seen: dict[str, dict] = {}  # arch hash -> row of every architecture this search has reached
+    seen: dict[str, dict] = {r["arch_hash"]: r for r in warm}  # arch hash -> row of every architecture reached
     counts = {"proposed": 0, "duplicates": 0, "evaluated": 0, "reused": 0, "retried": 0}
     stalled, stopped, chance_note = 0, None, None
     rep.stage_start(STAGE, budget, f"{spec.search.strategy} over {space.size():,} architectures")
     with BufferedWriter(registry, replace=True) as writer:
-        while len(seen) < budget:
+        while len(seen) - len(warm) < budget:
             if len(seen) >= space.size() or stalled >= STALL_PROPOSALS:
                 stopped = (
-                    f"stopped at {len(seen)} of {budget} architectures: "
+                    f"stopped at {len(seen) - len(warm)} of {budget} architectures: "
                     + ("the space has no more" if len(seen) >= space.size()
                        else f"the last {stalled} proposals all repeated earlier ones")
                 )
                 break
             genomes = strategy.ask(spec.search.batch_size)
             archs = [space.to_arch(g) for g in genomes]
-            new, told, duplicates = _take(archs, seen, budget - len(seen))
+            new, told, duplicates = _take(archs, seen, budget - (len(seen) - len(warm)))
             reused = [a for a in new if stored.get(arch_hash(a), {}).get("status") == "ok"]
             todo = [a for a in new if stored.get(arch_hash(a), {}).get("status") != "ok"]
             # Latency first, serially, while no training task runs: timings must not share cores.
@@ -272,7 +308,10 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     final_chance = chance_level_warning(list(seen.values()), spec, data)
     notes += [n for n in (final_chance, stopped) if n]
     failed = sum(1 for r in seen.values() if r["status"] != "ok")
-    summary = {**counts, "budget": budget, "distinct": len(seen), "failed": failed, "stopped": stopped, "warnings": notes}
+    summary = {
+        **counts, "budget": budget, "distinct": len(seen) - len(warm), "warm_start": len(warm), "failed": failed,
+        "stopped": stopped, "warnings": notes,
+    }
     rep.stage_end(
         STAGE,
         f"{counts['evaluated']} evaluated, {counts['reused']} reused from the registry, {failed} failed, "

@@ -125,6 +125,20 @@ class OptunaSearch(SearchStrategy):
             else:
                 self._study.tell(trial, list(values))
 
+    def warm_start(self, results: list[CandidateResult]) -> None:
+        """Earlier results go into the study as finished trials, so the sampler starts from them."""
+        import optuna
+
+        if self._study is None:
+            self._study = self._make_study()
+        distributions = self._distributions()
+        for result in results:
+            values = result.costs if self.pareto_labels else (None if result.score is None else [float(result.score)])
+            if values is None:
+                continue
+            params = {d.name: int(g) for d, g in zip(self.space.decisions, result.genome)}
+            self._study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, values=list(values)))
+
     def step_log(self) -> dict[str, float]:
         if self._study is None:
             return {}
