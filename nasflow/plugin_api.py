@@ -281,6 +281,18 @@ class SearchStrategy(Plugin):
         a smaller budget is refused at validation, naming this number."""
         return 1
 
+    def state_dict(self) -> dict[str, Any] | None:
+        """The strategy's state as JSON-able data, for a strategy that a replay cannot rebuild
+        (one that reads the clock or an unseeded generator). The search saves it after every
+        batch (registry `search_state`); a resumed run restores the last one with
+        `load_state_dict` instead of replaying the recorded results. None (the default): the
+        strategy is seeded and replays exactly, and nothing is saved."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned; implemented together with it."""
+        raise NotImplementedError(f"{type(self).__name__} saves no state (state_dict() returns None)")
+
     def step_log(self) -> dict[str, float]:
         """Numbers that show how the strategy stands after the last `tell` (a policy's entropy,
         its mean reward); the search records them per step in the registry's `search_log`."""

@@ -134,6 +134,14 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("value", "DOUBLE", "The number."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
     ],
+    "search_state": [
+        ("run_id", "VARCHAR", "Run whose search saved it (`runs.run_id`)."),
+        ("strategy", "VARCHAR", "Search strategy whose state it is (`search.strategy`)."),
+        ("step", "INTEGER", "Batch after which the state was taken, from 1."),
+        ("state", "JSON", "The strategy's `state_dict()`: what a resumed run restores instead of replaying (strategies that replay exactly save none)."),
+        ("pending", "JSON", "Genomes the strategy proposed in that batch that were not evaluated yet (the budget cut the batch short); a raised budget evaluates them first."),
+        ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
+    ],
     "schema_version": [
         ("version", "INTEGER", "Number of an applied migration."),
         ("name", "VARCHAR", "What the migration does."),
@@ -148,6 +156,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "lut": ("device", "fingerprint_hash", "op_key", "input_shape"),
     "artifacts": ("artifact_id",),
     "search_log": ("run_id", "step", "metric"),
+    "search_state": ("run_id", "step"),
     "schema_version": ("version",),
 }
 
@@ -307,6 +316,18 @@ CREATE TABLE search_log (
 );
 """
 
+_MIGRATION_5 = """\
+CREATE TABLE search_state (
+    run_id VARCHAR NOT NULL,
+    strategy VARCHAR NOT NULL,
+    step INTEGER NOT NULL,
+    state JSON,
+    pending JSON,
+    created_at TIMESTAMP,
+    PRIMARY KEY (run_id, step)
+);
+"""
+
 # Ordered (version, name, sql); applied once each, in order, one transaction per migration.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: runs, candidates, measurements, lut, artifacts", _MIGRATION_1),
@@ -318,6 +339,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (3, "runs.pid_started_at (a run whose process is gone is told apart from one still running)", _MIGRATION_3),
     (4, "search_log: what a search strategy reports per step (policy entropy, reward, ...)", _MIGRATION_4),
+    (5, "search_state: the state of strategies that cannot be replayed, per step", _MIGRATION_5),
 ]
 
 
@@ -593,6 +615,11 @@ class Registry:
         its steps) is skipped. Returns rows added."""
         return self._insert("search_log", rows)
 
+    def latest_search_state(self, run_id: str) -> dict[str, Any] | None:
+        """The last state a run's search saved (see `search_state`), or None."""
+        rows = self._select("SELECT * FROM search_state WHERE run_id = ? ORDER BY step DESC LIMIT 1", [run_id])
+        return rows[0] if rows else None
+
     def add_lut(self, rows: list[dict[str, Any]], replace: bool = False) -> int:
         """Append LUT entries; existing keys are skipped, or overwritten with replace=True (re-profiling)."""
         return self._insert("lut", rows, replace=replace)
@@ -603,6 +630,7 @@ class Registry:
         measurements: list[dict[str, Any]],
         replace: bool = False,
         search_log: list[dict[str, Any]] | None = None,
+        search_state: list[dict[str, Any]] | None = None,
     ) -> tuple[int, int]:
         """Append candidates and their measurements in one transaction; returns (candidates, measurements) added.
 
@@ -614,11 +642,13 @@ class Registry:
         candidate evaluated again, a row completed with its timings): the stored rows and the
         measurements of their live models are deleted in the same transaction, so the new
         measurements are not skipped as already present. Measurements of deployed artifacts stay.
-        `search_log` rows (see add_search_log) ride along in the same transaction.
+        `search_log` and `search_state` rows ride along in the same transaction.
         """
         batches = [("candidates", candidates, False), ("measurements", measurements, False)]
         if search_log:
             batches.append(("search_log", search_log, False))
+        if search_state:
+            batches.append(("search_state", search_state, False))
         if not replace:
             written = self._insert_tables(batches)
         else:

@@ -190,3 +190,88 @@ def test_every_strategy_takes_a_warm_start(tmp_path, strategy):
     path.write_text(text)
     summary = run_spec(load_spec(path))
     assert summary.stages["search"]["warm_start"] == 3 and summary.stages["search"]["evaluated"] == 6
+
+
+# ------------------------------------------------------------------ strategies that cannot be replayed
+
+UNSEEDED = '''
+import random
+
+from nasflow.hookspecs import hookimpl
+from nasflow.plugin_api import SearchStrategy
+
+
+class Unseeded(SearchStrategy):
+    """Proposes from an unseeded generator: a replay would propose other genomes."""
+
+    name = "unseeded-test"
+
+    def __init__(self, options, space, seed):
+        super().__init__(options, space, seed)
+        self.rng = random.Random()
+        self.told = []
+        self.restored = 0
+
+    def ask(self, n):
+        return [self.space.sample(self.rng) for _ in range(n)]
+
+    def tell(self, results):
+        self.told += [list(r.genome) for r in results]
+
+    def state_dict(self):
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss], "told": self.told, "restored": self.restored}
+
+    def load_state_dict(self, state):
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.told = state["told"]
+        self.restored = state["restored"] + 1
+
+
+@hookimpl
+def nasflow_search_strategies():
+    return [Unseeded]
+'''
+
+
+@pytest.fixture
+def unseeded(tmp_path, monkeypatch):
+    import sys
+
+    from nasflow.plugins import reset_plugins
+    from test_plugins import install_dist
+
+    site = tmp_path / "site"
+    site.mkdir()
+    install_dist(site, "nasflow-unseeded", "0.1", "nasflow_unseeded", UNSEEDED, "unseeded")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("NASFLOW_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    reset_plugins()
+    yield
+    sys.modules.pop("nasflow_unseeded", None)
+    monkeypatch.undo()
+    reset_plugins()
+
+
+def test_a_strategy_that_cannot_replay_is_restored_from_its_saved_state(tmp_path, unseeded):
+    text = tiny_spec_text(tmp_path, name="unseeded", objectives="{reward: accuracy}", profile=False, train=False, morph=False, deploy=False)
+    text = text.replace("  strategy: evolution\n", "  strategy: unseeded-test\n").replace("  options: {population_size: 3, sample_size: 2}\n", "")
+    path = tmp_path / "s.yaml"
+    path.write_text(text.replace("  budget: 6\n", "  budget: 4\n"))
+    first = run_spec(load_spec(path))
+    registry = Registry(tmp_path / "registry.duckdb")
+    states = registry.query("SELECT step, state, pending FROM search_state WHERE run_id = ? ORDER BY step", [first.run_id])[1]
+    assert [s for s, _, _ in states] == [1, 2]
+    pending = [tuple(g) for g in states[-1][2]]
+    assert len(pending) == 2 and len(states[-1][1]["told"]) == 4  # batches of 3: the budget cut the second after 1
+
+    path.write_text(text.replace("  budget: 6\n", "  budget: 8\n"))
+    second = run_spec(load_spec(path))
+    assert second.run_id == first.run_id
+    rows = registry.get_candidates(first.run_id, stage="search")
+    assert len(rows) == 8 and second.stages["search"]["evaluated"] == 4
+    genomes = {tuple(r["extra"]["genome"]) for r in rows}
+    assert set(pending) <= genomes  # the cut batch's rest was evaluated first, not re-proposed differently
+    last = registry.latest_search_state(first.run_id)
+    assert last["step"] > 2 and last["state"]["restored"] == 1 and len(last["state"]["told"]) == 8

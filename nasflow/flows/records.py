@@ -163,19 +163,25 @@ class BufferedWriter:
         self._candidates: list[dict] = []
         self._measurements: list[dict] = []
         self._log: list[dict] = []
+        self._state: list[dict] = []
         self._last = time.monotonic()
 
-    def add(self, candidates: list[dict], measurements: list[dict], search_log: list[dict] = ()) -> None:
+    def add(
+        self, candidates: list[dict], measurements: list[dict], search_log: list[dict] = (), search_state: list[dict] = ()
+    ) -> None:
         self._candidates += candidates
         self._measurements += measurements
         self._log += search_log
+        self._state += search_state
         if len(self._candidates) >= self.max_rows or time.monotonic() - self._last >= self.max_seconds:
             self.flush()
 
     def flush(self) -> None:
-        if self._candidates or self._measurements or self._log:
-            self.registry.add_evaluated(self._candidates, self._measurements, replace=self.replace, search_log=self._log)
-        self._candidates, self._measurements, self._log = [], [], []
+        if self._candidates or self._measurements or self._log or self._state:
+            self.registry.add_evaluated(
+                self._candidates, self._measurements, replace=self.replace, search_log=self._log, search_state=self._state
+            )
+        self._candidates, self._measurements, self._log, self._state = [], [], [], []
         self._last = time.monotonic()
 
     def __enter__(self) -> "BufferedWriter":

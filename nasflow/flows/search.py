@@ -18,7 +18,7 @@ from prefect import flow
 from ..data import Dataset, load_dataset
 from ..errors import SpecError
 from ..objectives import score
-from ..plugin_api import DeviceBackend, Genome, SearchSpace
+from ..plugin_api import DeviceBackend, Genome, SearchSpace, SearchStrategy
 from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import Arch, arch_hash, format_arch
@@ -236,13 +236,23 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     step = 0
     warm, warm_note = _warm_start(ctx, registry, space, devices, stored, measured_rows)
     notes += [warm_note] if warm_note else []
-    if warm:
+    seen: dict[str, dict] = {r["arch_hash"]: r for r in warm}  # arch hash -> row of every architecture reached
+    # A strategy that cannot be replayed saves its state after every batch; a resumed run restores
+    # the last one (which already holds the warm start and every recorded result) instead.
+    saves_state = type(strategy).state_dict is not SearchStrategy.state_dict
+    restored = registry.latest_search_state(ctx.run_id) if saves_state else None
+    pending: list[Genome] = []  # proposals of a batch the budget cut short, evaluated first
+    if restored is not None:
+        strategy.load_state_dict(restored["state"])
+        step = restored["step"]
+        pending = [tuple(g) for g in restored["pending"] or []]
+        seen.update(stored)
+    elif warm:
         strategy.warm_start([
             candidate_result(tuple(r["extra"]["genome"]), r, measured_rows.get(r["candidate_id"], ()), spec.search.latency, pareto)
             for r in warm
         ])
     budget = spec.search.budget
-    seen: dict[str, dict] = {r["arch_hash"]: r for r in warm}  # arch hash -> row of every architecture reached
     counts = {"proposed": 0, "duplicates": 0, "evaluated": 0, "reused": 0, "retried": 0}
     stalled, stopped, chance_note = 0, None, None
     rep.stage_start(STAGE, budget, f"{spec.search.strategy} over {space.size():,} architectures")
@@ -255,7 +265,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                        else f"the last {stalled} proposals all repeated earlier ones")
                 )
                 break
-            genomes = strategy.ask(spec.search.batch_size)
+            genomes, pending = pending or strategy.ask(spec.search.batch_size), []
             archs = [space.to_arch(g) for g in genomes]
             new, told, duplicates = _take(archs, seen, budget - (len(seen) - len(warm)))
             reused = [a for a in new if stored.get(arch_hash(a), {}).get("status") == "ok"]
@@ -292,7 +302,11 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                 {"run_id": ctx.run_id, "strategy": spec.search.strategy, "step": step, "metric": metric, "value": float(value)}
                 for metric, value in strategy.step_log().items()
             ]
-            writer.add([], [], log)  # a replayed step's log is already there and is kept
+            state = [{
+                "run_id": ctx.run_id, "strategy": spec.search.strategy, "step": step,
+                "state": strategy.state_dict(), "pending": [list(g) for g in genomes[told:]],
+            }] if saves_state else []
+            writer.add([], [], log, state)  # a replayed step's log is already there and is kept
             stalled = 0 if new else stalled + len(genomes)
             counts["proposed"] += told
             counts["duplicates"] += duplicates
