@@ -173,7 +173,7 @@ def _warm_start(ctx: RunContext, registry, space, devices, stored: dict, measure
         return [], None
     recorded = [r for r in stored.values() if (r.get("extra") or {}).get("reused_from")]
     if recorded:
-        return sorted(recorded, key=lambda r: r["candidate_id"]), None
+        return _worst_first(recorded), None
     from .warm_start import collect
 
     found = collect(registry, spec, ctx.run_id, space, devices)
@@ -190,7 +190,13 @@ def _warm_start(ctx: RunContext, registry, space, devices, stored: dict, measure
         f"warm start: {len(found.rows)} candidates from earlier runs "
         f"({', '.join(sorted({r['extra']['reused_from'] for r in found.rows}))})"
     )
-    return sorted(found.rows, key=lambda r: r["candidate_id"]), None
+    return _worst_first(found.rows), None
+
+
+def _worst_first(rows: list[dict]) -> list[dict]:
+    """Warm-start rows in the order they are told: ascending score, so that an aging population
+    (evolution) that cannot hold them all keeps the best, as its youngest."""
+    return sorted(rows, key=lambda r: (r.get("score") if r.get("score") is not None else float("-inf"), r["arch_hash"]))
 
 
 def _take(archs: list[Arch], seen: dict[str, dict], room: int) -> tuple[list[Arch], int, int]:
