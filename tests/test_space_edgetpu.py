@@ -200,6 +200,9 @@ def test_a_filter_that_leaves_a_layer_without_candidates_is_one_line_at_validati
                                                     "supported) leaves all 5 layers with no candidate block (")
     assert "HARD_SWISH is not mapped" in lines[0] and "offer blocks the device supports" in lines[0]
     assert "keep slow ones" not in lines[0]  # keeping slow blocks would not help here
+    # Only squeeze-excite: refused, not quietly replaced by blocks without it.
+    with pytest.raises(SpecError, match=r"leaves all 5 layers with no candidate block .*squeeze-excite's broadcast Mul"):
+        parse_spec(SPEC.replace("OPTIONS", "{se_ratios: [0.25], allow_skip: false}"), "s.yaml")
     # Only 5x5 depthwise ir: slow, so keeping slow blocks is the way out, and the message says so.
     with pytest.raises(SpecError, match=r"leaves layers 0, 1, 3 with no candidate block .*keep: \[supported, slow\]"):
         parse_spec(SPEC.replace("OPTIONS", "{kinds: [ir], kernels: [5]}"), "s.yaml")

@@ -62,8 +62,9 @@ class LayerwiseSpace(SearchSpace):
     """One searchable layer per layer of each stage; a genome picks one block per layer.
 
     Every layer offers every (kind, kernel, expansion, SE, activation) block, kinds `ir` and `fir`,
-    and layers after a stage's first may also be skipped. A layer's input shape never depends on the genome (a stage's first layer
-    sets its width and stride and cannot be skipped), which gives the space a supernet form.
+    and layers after a stage's first may also be skipped. A layer's input shape never depends on
+    the genome (a stage's first layer sets its width and stride and cannot be skipped), which
+    gives the space a supernet form.
     """
 
     name = "layerwise"
