@@ -75,9 +75,11 @@ Assumptions and limits
 Operator compatibility
 ----------------------
 :data:`OP_SUPPORT` lists, per operator type, whether the Edge TPU compiler maps it, with the
-source of that claim. :func:`op_compatibility` applies it to a nasflow ``Arch`` and
-:func:`edgetpu_compatible_choices` strips a search-space config of the choices that would fall
-back to the CPU (squeeze-excite), so a search can stay inside what the Edge TPU runs.
+source of that claim; with the rule that depthwise kernels of 5 and more are slow it is the one
+place that says what the Edge TPU runs. :func:`op_compatibility` applies it to a nasflow ``Arch``
+and :func:`block_support` to one block: the ``edgetpu-model`` and ``edgetpu`` devices answer
+``DeviceBackend.op_support`` with it, and the ``edgetpu`` search space keeps only the blocks
+they support.
 """
 
 from __future__ import annotations
@@ -87,11 +89,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
+from .plugin_api import OpSupport as DeviceSupport
+
 if TYPE_CHECKING:  # torch-dependent modules are imported lazily
     import torch
 
-    from .arch import Arch
-    from .spaces.layerwise import LayerwiseOptions
+    from .arch import Arch, Block
 
 MODEL_VERSION = "1"
 """Bumped whenever the estimator's structure or constants change (it is part of the runtime)."""
@@ -306,7 +309,7 @@ class Net:
 
 
 @dataclass(frozen=True)
-class OpSupport:
+class OpMapping:
     """Whether the Edge TPU compiler maps an operator type, and where that claim comes from."""
 
     on_tpu: bool
@@ -316,37 +319,37 @@ class OpSupport:
 
 _OP_TABLE = "https://coral.ai/docs/edgetpu/models-intro/#supported-operations"
 
-OP_SUPPORT: dict[str, OpSupport] = {
+OP_SUPPORT: dict[str, OpMapping] = {
     # Listed in Coral's supported-operations table (Conv2d, DepthwiseConv2d, FullyConnected,
     # AveragePool2d, MaxPool2d, Mean over x/y, Add, Mul, Concatenation, Logistic, ReLU, ReLU6,
     # Tanh, Softmax, Reshape); the 2019 edition of the table is mirrored at
     # https://github.com/dgist-datalab/Datalab_Intern/blob/master/Edge_TPU/convert_model_for_Edge_TPU.md
-    "conv": OpSupport(True, "Conv2d", _OP_TABLE),
-    "pointwise": OpSupport(True, "Conv2d (1x1)", _OP_TABLE),
-    "depthwise": OpSupport(True, "DepthwiseConv2d", _OP_TABLE),
-    "fc": OpSupport(True, "FullyConnected", _OP_TABLE),
-    "pool": OpSupport(True, "MaxPool2d / AveragePool2d", _OP_TABLE),
-    "global_pool": OpSupport(True, "Mean (reduction over x/y only)", _OP_TABLE),
-    "add": OpSupport(True, "Add", _OP_TABLE),
-    "mul": OpSupport(True, "Mul (same shape, or by a constant)", _OP_TABLE),
-    "concat": OpSupport(True, "Concatenation", _OP_TABLE),
-    "relu": OpSupport(True, "ReLU (fused)", _OP_TABLE),
-    "relu6": OpSupport(True, "ReLU6 (fused)", _OP_TABLE),
-    "sigmoid": OpSupport(True, "Logistic", _OP_TABLE),
-    "tanh": OpSupport(True, "Tanh", _OP_TABLE),
-    "softmax": OpSupport(True, "Softmax", _OP_TABLE),
+    "conv": OpMapping(True, "Conv2d", _OP_TABLE),
+    "pointwise": OpMapping(True, "Conv2d (1x1)", _OP_TABLE),
+    "depthwise": OpMapping(True, "DepthwiseConv2d", _OP_TABLE),
+    "fc": OpMapping(True, "FullyConnected", _OP_TABLE),
+    "pool": OpMapping(True, "MaxPool2d / AveragePool2d", _OP_TABLE),
+    "global_pool": OpMapping(True, "Mean (reduction over x/y only)", _OP_TABLE),
+    "add": OpMapping(True, "Add", _OP_TABLE),
+    "mul": OpMapping(True, "Mul (same shape, or by a constant)", _OP_TABLE),
+    "concat": OpMapping(True, "Concatenation", _OP_TABLE),
+    "relu": OpMapping(True, "ReLU (fused)", _OP_TABLE),
+    "relu6": OpMapping(True, "ReLU6 (fused)", _OP_TABLE),
+    "sigmoid": OpMapping(True, "Logistic", _OP_TABLE),
+    "tanh": OpMapping(True, "Tanh", _OP_TABLE),
+    "softmax": OpMapping(True, "Softmax", _OP_TABLE),
     # hard-sigmoid as relu6(x + 3) / 6 lowers to Add, ReLU6 and Mul by a constant: all listed.
-    "hsigmoid": OpSupport(True, "relu6(x+3)/6 = Add + ReLU6 + Mul", _OP_TABLE),
-    "reshape": OpSupport(True, "Reshape", _OP_TABLE),
-    "identity": OpSupport(True, "no op", _OP_TABLE),
+    "hsigmoid": OpMapping(True, "relu6(x+3)/6 = Add + ReLU6 + Mul", _OP_TABLE),
+    "reshape": OpMapping(True, "Reshape", _OP_TABLE),
+    "identity": OpMapping(True, "no op", _OP_TABLE),
     # Not mapped:
-    "hswish": OpSupport(
+    "hswish": OpMapping(
         False,
         "HARD_SWISH is not mapped by the Edge TPU compiler (compiler 15.0: 'LeakyRelu and Hardswish ops are "
         "not supported'; a MobileNetV3 with hard-swish ran in 200 ms vs 12 ms for Coral's ReLU variant)",
         "https://github.com/google-coral/edgetpu/issues/272 ; https://github.com/google-coral/edgetpu/issues/353",
     ),
-    "leaky_relu": OpSupport(
+    "leaky_relu": OpMapping(
         False,
         "LEAKY_RELU is not mapped",
         "https://github.com/google-coral/edgetpu/issues/272 ; https://github.com/google-coral/edgetpu/issues/597",
@@ -355,7 +358,7 @@ OP_SUPPORT: dict[str, OpSupport] = {
     # from EfficientNet-EdgeTPU "due to some temporary EdgeTPU hardware/software stack
     # limitations" (M. Tan, https://github.com/tensorflow/tpu/issues/556), and EfficientNet-Lite
     # replaced swish with ReLU6 for accelerators.
-    "swish": OpSupport(
+    "swish": OpMapping(
         False,
         "swish (x * sigmoid(x)) treated as unmapped: excluded from EfficientNet-EdgeTPU for Edge TPU stack limitations",
         "https://github.com/tensorflow/tpu/issues/556",
@@ -366,7 +369,7 @@ OP_SUPPORT: dict[str, OpSupport] = {
     # EfficientNet-Lite: "Remove squeeze-and-excite (SE): SE are not well supported for some
     # mobile accelerators", https://github.com/tensorflow/tpu/tree/master/models/official/efficientnet/lite).
     # Set assume_se_mapped=True for a compiler known to map it.
-    "se_scale": OpSupport(
+    "se_scale": OpMapping(
         False,
         "squeeze-excite's broadcast Mul treated as unmapped (SE excluded from EfficientNet-EdgeTPU and -Lite)",
         "https://github.com/tensorflow/tpu/issues/556 ; "
@@ -375,27 +378,27 @@ OP_SUPPORT: dict[str, OpSupport] = {
     # Conservative: Coral's table lists Conv2d without saying whether a grouped one (filter depth
     # below the input depth) maps; converters of older TensorFlow versions could not express it at
     # all. FBNet's grouped 1x1 convs are therefore treated as falling back.
-    "grouped_conv": OpSupport(
+    "grouped_conv": OpMapping(
         False,
         "grouped (non-depthwise) convolution: not listed as supported by the Edge TPU compiler; treated as unmapped",
         _OP_TABLE,
     ),
     # The shuffle is a Reshape to 5-D, a Transpose and a Reshape back; the table limits tensors to
     # 3 dimensions that may exceed size 1, which a 5-D (n, g, c/g, h, w) view breaks.
-    "channel_shuffle": OpSupport(
+    "channel_shuffle": OpMapping(
         False,
         "channel shuffle: a transpose of a 5-D view; the Edge TPU supports tensors with at most 3 dimensions "
         "larger than 1, so it is treated as unmapped",
         _OP_TABLE,
     ),
-    "other": OpSupport(False, "operator of unknown type: assumed not mappable", _OP_TABLE),
+    "other": OpMapping(False, "operator of unknown type: assumed not mappable", _OP_TABLE),
 }
 
 
-def op_support(op: str, *, assume_se_mapped: bool = False) -> OpSupport:
+def op_support(op: str, *, assume_se_mapped: bool = False) -> OpMapping:
     """Support entry for an operator type (unknown types count as 'other': not mapped)."""
     if op == "se_scale" and assume_se_mapped:
-        return OpSupport(True, "broadcast Mul assumed mapped (assume_se_mapped=True)", _OP_TABLE)
+        return OpMapping(True, "broadcast Mul assumed mapped (assume_se_mapped=True)", _OP_TABLE)
     return OP_SUPPORT.get(op, OP_SUPPORT["other"])
 
 
@@ -429,6 +432,32 @@ _LARGE_DW_SOURCE = (
 )
 
 
+@dataclass(frozen=True)
+class _Issue:
+    """What one operator of a network costs the Edge TPU, by :data:`OP_SUPPORT` and the kernel rule."""
+
+    op: str  # the operator as reported ("se" for squeeze-excite's broadcast multiply)
+    severity: Literal["cpu_fallback", "slow"]
+    reason: str
+    source: str
+
+
+def _layer_issue(layer: Layer, assume_se_mapped: bool) -> _Issue | None:
+    """The one rule for whether the Edge TPU runs `layer` well: None when it does."""
+    if layer.op == "se_scale":
+        entry = op_support("se_scale", assume_se_mapped=assume_se_mapped)
+        if entry.on_tpu:
+            reason = "squeeze-excite assumed mapped; its global pool and 1x1 convs on a 1x1 map run far below peak"
+            return _Issue("se", "slow", reason, entry.source)
+        return _Issue("se", "cpu_fallback", entry.note, entry.source)
+    entry = op_support(layer.op)
+    if not entry.on_tpu:
+        return _Issue(layer.op, "cpu_fallback", entry.note, entry.source)
+    if layer.op == "depthwise" and layer.kernel >= 5:
+        return _Issue(f"depthwise{layer.kernel}x{layer.kernel}", "slow", _LARGE_DW_NOTE, _LARGE_DW_SOURCE)
+    return None
+
+
 def op_compatibility(arch: Arch, *, assume_se_mapped: bool = False) -> list[Incompatibility]:
     """Every layer of `arch` (stem, blocks, head) the Edge TPU falls back on or runs slowly, in order.
 
@@ -442,75 +471,46 @@ def op_compatibility(arch: Arch, *, assume_se_mapped: bool = False) -> list[Inco
     tokens = [arch.stem_token(), *(block.token() for block in arch.blocks), arch.head_token()]
     found: list[Incompatibility] = []
     seen: set[tuple[int, str]] = set()
-
-    def note(position: int, op: str, severity, reason: str, source: str) -> None:
-        if (position, op) not in seen:
-            seen.add((position, op))
-            found.append(Incompatibility(position, tokens[position], op, severity, reason, source))
-
     for layer in layers:
         if layer.block is not None:
             position = layer.block + 1
         else:
             position = 0 if layer.name.startswith("stem") else len(tokens) - 1
-        if layer.op == "se_scale":
-            entry = op_support("se_scale", assume_se_mapped=assume_se_mapped)
-            if entry.on_tpu:
-                reason = "squeeze-excite assumed mapped; its global pool and 1x1 convs on a 1x1 map run far below peak"
-                note(position, "se", "slow", reason, entry.source)
-            else:
-                note(position, "se", "cpu_fallback", entry.note, entry.source)
-        elif not op_support(layer.op).on_tpu:
-            entry = op_support(layer.op)
-            note(position, layer.op, "cpu_fallback", entry.note, entry.source)
-        elif layer.op == "depthwise" and layer.kernel >= 5:
-            note(position, f"depthwise{layer.kernel}x{layer.kernel}", "slow", _LARGE_DW_NOTE, _LARGE_DW_SOURCE)
+        issue = _layer_issue(layer, assume_se_mapped)
+        if issue is not None and (position, issue.op) not in seen:
+            seen.add((position, issue.op))
+            found.append(Incompatibility(position, tokens[position], issue.op, issue.severity, issue.reason, issue.source))
     # Per layer, what falls back comes before what is merely slow.
     return sorted(found, key=lambda i: (i.position, i.severity != "cpu_fallback"))
 
 
-@dataclass(frozen=True)
-class CompatibleChoices:
-    """A search-space config restricted to what the Edge TPU maps, and what was removed."""
-
-    config: LayerwiseOptions
-    removed: tuple[str, ...]
-    notes: tuple[str, ...]
+_BLOCK_PROBE_SIZE = 8
+"""Side of the map a block is described on for `block_support`: which operators a block executes
+does not depend on the map's size (stride 2 still leaves a 4x4 map)."""
 
 
-def edgetpu_compatible_choices(
-    space_config: LayerwiseOptions, *, assume_se_mapped: bool = False, drop_large_kernels: bool = False
-) -> CompatibleChoices:
-    """`space_config` without the choices that would make the Edge TPU fall back to the CPU.
+def block_support(block: Block, in_channels: int, *, assume_se_mapped: bool = False) -> DeviceSupport:
+    """How the Edge TPU runs one block fed `in_channels` channels, as the `edgetpu-model` and
+    `edgetpu` devices report it (`DeviceBackend.op_support`).
 
-    Squeeze-excite ratios other than 0 are removed (unless ``assume_se_mapped``); with
-    ``drop_large_kernels`` depthwise kernels of 5 and more are removed too (they map, but are
-    slow; the estimator already charges them). The layer-wise space builds only ReLU blocks,
-    so hard-swish needs no filtering here; ``op_compatibility`` flags it in given archs.
+    ``unsupported`` when an operator of the block is not mapped (the compiler leaves it and every
+    later operator to the host CPU), else ``slow`` when one maps but runs off the fast path (a
+    depthwise kernel of 5 or more; squeeze-excite with ``assume_se_mapped``), else ``supported``.
+    The reason names each operator of that level, with the source of the claim.
     """
-    updates: dict[str, Any] = {}
-    removed: list[str] = []
-    notes: list[str] = []
-    if not assume_se_mapped:
-        kept = [r for r in space_config.se_ratios if r == 0]
-        dropped = [r for r in space_config.se_ratios if r != 0]
-        if dropped:
-            removed += [f"se_ratio {r:g}" for r in dropped]
-            notes.append(f"{OP_SUPPORT['se_scale'].note} ({OP_SUPPORT['se_scale'].source})")
-            updates["se_ratios"] = kept or [0.0]
-    if drop_large_kernels:
-        kept_k = [k for k in space_config.kernels if k < 5]
-        dropped_k = [k for k in space_config.kernels if k >= 5]
-        if dropped_k:
-            if not kept_k:
-                kept_k = [3]
-            removed += [f"kernel {k}" for k in dropped_k]
-            notes.append(_LARGE_DW_NOTE)
-            updates["kernels"] = kept_k
-    config = space_config.model_copy(update=updates) if updates else space_config
-    if updates:  # re-validate: model_copy does not
-        config = type(space_config).model_validate(config.model_dump())
-    return CompatibleChoices(config, tuple(removed), tuple(notes))
+    net = Net(in_channels, _BLOCK_PROBE_SIZE)
+    block.edgetpu(net, block.kind)
+    issues: dict[str, _Issue] = {}
+    for layer in net.layers:
+        issue = _layer_issue(layer, assume_se_mapped)
+        if issue is not None:
+            issues.setdefault(issue.op, issue)
+    for severity, level, says in (("cpu_fallback", "unsupported", "runs on the host CPU, and so does every later operator"),
+                                  ("slow", "slow", "maps to the Edge TPU but runs slowly")):
+        worst = [i for i in issues.values() if i.severity == severity]
+        if worst:
+            return DeviceSupport(level, "; ".join(f"{i.op} {says}: {i.reason} ({i.source})" for i in worst))
+    return DeviceSupport()
 
 
 # ---------------------------------------------------------------- constants and estimate
@@ -980,14 +980,13 @@ __all__ = [
     "PARAM_CACHE_BYTES",
     "PEAK_MACS_PER_S",
     "SRAM_BYTES",
-    "CompatibleChoices",
     "EstimateBreakdown",
     "HostProfile",
     "Incompatibility",
     "Layer",
     "Net",
-    "OpSupport",
-    "edgetpu_compatible_choices",
+    "OpMapping",
+    "block_support",
     "estimate_arch",
     "estimate_latency",
     "layers_from_arch",

@@ -174,8 +174,10 @@ SupportLevel = Literal["supported", "slow", "unsupported"]
 
 @dataclass(frozen=True)
 class OpSupport:
-    """How well a device runs one block: `supported`, `slow` (runs, but off the fast path, e.g. on
-    an accelerator's host CPU) or `unsupported`, with the reason for anything but `supported`."""
+    """How well a device runs one block: `supported`; `slow` (the device runs it, but off its fast
+    path, e.g. a kernel its matrix unit fills poorly); or `unsupported` (the device does not run
+    it: an Edge TPU leaves it, and every later operator, to the host CPU); with the reason for
+    anything but `supported`."""
 
     level: SupportLevel = "supported"
     reason: str = ""

@@ -14,14 +14,12 @@ from pydantic import ValidationError
 from torch import nn
 
 from nasflow import hookspecs
-from nasflow.spaces.layerwise import LayerwiseOptions
 from nasflow.edgetpu import (
     HOSTS,
     OP_SUPPORT,
     PARAM_CACHE_BYTES,
     Layer,
     Net,
-    edgetpu_compatible_choices,
     estimate_arch,
     estimate_latency,
     layers_from_arch,
@@ -31,7 +29,7 @@ from nasflow.edgetpu import (
 from nasflow.errors import DeviceError
 from nasflow.plugins.devices import edgetpu_model
 from nasflow.plugins.devices.edgetpu_model import EdgeTPUModel, EdgeTPUModelOptions
-from nasflow.space import LayerwiseSpace, build_model, count_macs, parse_arch
+from nasflow.space import build_model, count_macs, parse_arch
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAIN = "stem_c16_s1-ir_k3_e6_c24_s2-ir_k3_e3_c24_s1-skip_c24-head_c64"
@@ -122,19 +120,27 @@ def test_op_table_has_a_source_for_every_entry():
     assert all(entry.source.startswith("https://") for entry in OP_SUPPORT.values())
 
 
-def test_compatible_choices_strip_squeeze_excite():
-    cfg = LayerwiseOptions(se_ratios=[0.0, 0.25], kernels=[3, 5, 7])
-    out = edgetpu_compatible_choices(cfg)
-    assert out.config.se_ratios == [0.0] and out.config.kernels == [3, 5, 7]
-    assert out.removed == ("se_ratio 0.25",) and out.notes
-    space = LayerwiseSpace(out.config)
-    assert all(block.kind == "skip" or block.se == 0 for choices in space.choices for block in choices)
-    only_se = edgetpu_compatible_choices(LayerwiseOptions(se_ratios=[0.25]))
-    assert only_se.config.se_ratios == [0.0]
-    assert edgetpu_compatible_choices(cfg, assume_se_mapped=True).config.se_ratios == [0.0, 0.25]
-    small = edgetpu_compatible_choices(cfg, drop_large_kernels=True).config
-    assert small.kernels == [3] and isinstance(small, LayerwiseOptions)
-    assert edgetpu_compatible_choices(LayerwiseOptions()).removed == ()
+def test_the_devices_op_support_follows_the_mapping_and_its_options():
+    # The device-level form of op_compatibility, which the edgetpu space filters with
+    # (tests/test_space_edgetpu.py): SE is unsupported unless assumed mapped, then slow; a 5x5
+    # depthwise kernel is slow; 3x3 ReLU blocks run.
+    def block(token: str):
+        return parse_arch(f"stem_c16_s1-{token}-head_c64").blocks[0]
+
+    model, mapped = EdgeTPUModel(), EdgeTPUModel(EdgeTPUModelOptions(assume_se_mapped=True))
+    se = block("ir_k3_e6_c24_s1_se0.25")
+    assert model.op_support(se, 16).level == "unsupported" and "host CPU" in model.op_support(se, 16).reason
+    assert mapped.op_support(se, 16).level == "slow" and "assumed mapped" in mapped.op_support(se, 16).reason
+    assert model.op_support(block("ir_k5_e6_c24_s2"), 16).level == "slow"
+    assert model.op_support(block("ir_k7_e3_c24_s1"), 16).level == "slow"
+    for plain in ("ir_k3_e6_c24_s2", "fir_k5_e6_c24_s2", "skip_c16"):
+        assert model.op_support(block(plain), 16).level == "supported"
+    # The same verdicts as op_compatibility on a one-block network.
+    for token in ("ir_k3_e6_c24_s1_se0.25", "ir_k5_e6_c24_s2", "ir_k3_e3_c24_s1_ahswish", "ir_k3_e6_c24_s2"):
+        found = {i.severity for i in op_compatibility(parse_arch(f"stem_c16_s1-{token}-head_c64"))}
+        level = model.op_support(block(token), 16).level
+        expected = "unsupported" if "cpu_fallback" in found else "slow" if found else "supported"
+        assert level == expected, token
 
 
 def test_arch_layers_match_nasflow_mac_count_and_the_traced_model():

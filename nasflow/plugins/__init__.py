@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.compress.morphnet_plugin",
     "nasflow.spaces.layerwise",
     "nasflow.spaces.mnasnet",
+    "nasflow.spaces.edgetpu",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""

@@ -43,11 +43,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
+from nasflow.edgetpu import block_support
 from nasflow.errors import DeviceError
 from nasflow.export import sha256_file
 from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
-from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
+from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement, OpSupport
 from nasflow.plugins.devices.litert import (
     LiteRTDevice,
     _dist_version,
@@ -60,6 +61,8 @@ from nasflow.timing import TimingOptions
 
 if TYPE_CHECKING:
     import torch
+
+    from nasflow.arch import Block
 
 COMPILER_HINT = (
     "install Coral's edgetpu-compiler (x86-64 Linux: apt-get install edgetpu-compiler from "
@@ -176,6 +179,12 @@ class EdgeTPUDevice(DeviceBackend):
             edgetpu_device=self.options.device,
             litert_torch_version=_dist_version("litert-torch"),
         )
+
+    def op_support(self, block: "Block", in_channels: int) -> OpSupport:
+        """The estimator's operator mapping (`nasflow.edgetpu.block_support`): what is known of the
+        compiler's rules before compiling; each measurement records what the compiler really mapped
+        (`ops_on_edgetpu`, `ops_on_cpu`)."""
+        return block_support(block, in_channels)
 
     def _int8_path(self, model: "torch.nn.Module", shape: tuple[int, ...]) -> Path:
         float_name = cache_path(model, shape, self.options.cache_dir)

@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from nasflow import __version__
-from nasflow.edgetpu import HOSTS, MODEL_VERSION, PARAM_CACHE_BYTES, estimate_latency, layers_from_module
+from nasflow.edgetpu import HOSTS, MODEL_VERSION, PARAM_CACHE_BYTES, block_support, estimate_latency, layers_from_module
 from nasflow.errors import DeviceError
 from nasflow.hookspecs import hookimpl
-from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement, PluginOptions
+from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement, OpSupport, PluginOptions
 
 if TYPE_CHECKING:
     import torch
+
+    from nasflow.arch import Block
 
 RUNTIME = f"edgetpu-model {MODEL_VERSION} (analytical)"
 
@@ -76,6 +78,11 @@ class EdgeTPUModel(DeviceBackend):
             "python": platform.python_version(),
             "nasflow_version": __version__,
         }
+
+    def op_support(self, block: "Block", in_channels: int) -> OpSupport:
+        """The estimator's operator mapping (`nasflow.edgetpu.block_support`), under this device's
+        `assume_se_mapped`: the same rule that sends its estimates to the CPU."""
+        return block_support(block, in_channels, assume_se_mapped=self.options.assume_se_mapped)
 
     def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
         opts = self.options
