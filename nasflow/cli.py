@@ -46,7 +46,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"space {spec.space.name}: {len(space.decisions)} decisions, {space.size():,} genomes")
     for note in space.notes():
         print(f"  {note}")
+    if spec.search.enabled:
+        print(_search_line(spec))
     return 0
+
+
+def _search_line(spec) -> str:
+    """What the search will do, in one line: strategy, budget, what it ranks by, warm start."""
+    search, objectives = spec.search, spec.objectives
+    ranks = (
+        f"Pareto front of {', '.join(o.label for o in spec.pareto)}" if objectives.pareto
+        else f"reward {objectives.reward}" + (f" on {spec.objective_device}" if objectives.reward == "mnasnet" else "")
+    )
+    warm = ""
+    if search.warm_start.enabled:
+        warm = "; warm start from " + (", ".join(search.warm_start.runs) if search.warm_start.runs else "earlier runs in the registry")
+    return f"search {search.strategy}: {search.budget} architectures in batches of {search.batch_size}, by {ranks} ({search.latency} latency){warm}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -275,3 +275,16 @@ def test_a_strategy_that_cannot_replay_is_restored_from_its_saved_state(tmp_path
     assert set(pending) <= genomes  # the cut batch's rest was evaluated first, not re-proposed differently
     last = registry.latest_search_state(first.run_id)
     assert last["step"] > 2 and last["state"]["restored"] == 1 and len(last["state"]["told"]) == 8
+
+
+def test_validate_says_what_the_search_will_rank_by():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "nasflow.cli", "validate", str(root / "examples" / "pareto.yaml")],
+                         capture_output=True, text=True, timeout=120, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert ("search nsga2: 24 architectures in batches of 4, by Pareto front of accuracy, latency@torch-cpu, "
+            "latency@onnxruntime-cpu (measured latency); warm start from earlier runs in the registry") in out.stdout
