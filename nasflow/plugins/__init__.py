@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.compress.morphnet_plugin",
     "nasflow.spaces.layerwise",
     "nasflow.spaces.mnasnet",
+    "nasflow.spaces.fbnet",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
