@@ -235,7 +235,7 @@ class FBNetSpace(SearchSpace):
             raise ArchError(f"arch {format_arch(arch)!r} has a stem or head that differs from the space's")
         blocks = arch.blocks
         memo: dict[tuple[int, int], list[int] | None] = {}
-        farthest = [0, 0]  # (block, layer) where matching got furthest, for the message
+        farthest = (0, 0)  # (block, -layer): the furthest block reached, at the first layer tried, for the message
 
         def fill(layer: int, at: int) -> list[int] | None:
             if layer == self.num_layers:
@@ -243,7 +243,8 @@ class FBNetSpace(SearchSpace):
             key = (layer, at)
             if key in memo:
                 return memo[key]
-            farthest[:] = max(farthest, [at, layer])
+            nonlocal farthest
+            farthest = max(farthest, (at, -layer))
             choices = self.choices[layer]
             found = None
             if at < len(blocks) and blocks[at] in choices:  # a written block first: skips go last
@@ -259,7 +260,7 @@ class FBNetSpace(SearchSpace):
 
         genome = fill(0, 0)
         if genome is None:
-            at, layer = farthest
+            at, layer = farthest[0], -farthest[1]
             if at < len(blocks):
                 where = f"block {at + 1} ({blocks[at].token()}) is no candidate of layer{layer} ({', '.join(self.labels[layer])})"
             else:
