@@ -213,7 +213,7 @@ class FBNetSpace(SearchSpace):
         """The candidates a layer offers: skip only where it keeps the shape, g2 only on even widths."""
         return tuple(
             name for name in self.candidates
-            if (name != SKIP or layer.keeps_shape) and not (_grouped(name) and not _divides(layer))
+            if (name != SKIP or layer.keeps_shape) and (not _grouped(name) or _divides(layer))
         )
 
     def _skeleton(self, blocks: Sequence[Block]) -> Arch:
@@ -282,9 +282,8 @@ class FBNetSpace(SearchSpace):
         for layer, choices in zip(layers, self.choices):
             for block in choices:
                 ops.add(block_operator(block, BlockShape(layer.in_channels, layer.in_size, layer.out_size), g.batch_size))
-        last = layers[-1] if layers else None
-        channels, size = (last.out, last.out_size) if last else (self.macro.stem_channels, same_out(g.image_size, STEM_KERNEL, self.macro.stem_stride))
-        ops.add(head_operator(skeleton, channels, g.num_classes, size, g.batch_size))
+        # Every stage has a layer (the options say so), and the last one's shape is fixed too.
+        ops.add(head_operator(skeleton, layers[-1].out, g.num_classes, layers[-1].out_size, g.batch_size))
         return ops.operators()
 
     def cheapest_genome(self) -> Genome:
@@ -339,6 +338,7 @@ class FBNetSpace(SearchSpace):
         return notes
 
     def supernet(self) -> Supernet:
+        """Per layer, its candidates at its fixed shape; the skeleton holds each layer's first candidate."""
         skeleton = self.to_arch((0,) * self.num_layers)
         return Supernet(skeleton, tuple(SupernetLayer(i, i, choices) for i, choices in enumerate(self.choices)))
 
