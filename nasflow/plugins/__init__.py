@@ -33,6 +33,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.compress.morphnet_plugin",
     "nasflow.spaces.layerwise",
     "nasflow.spaces.mnasnet",
+    "nasflow.spaces.fbnet",
     "nasflow.spaces.edgetpu",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
