@@ -173,10 +173,28 @@ def test_a_warm_start_reuses_compatible_earlier_candidates_and_records_where_the
 
 def test_a_warm_start_with_nothing_compatible_warns_why(tmp_path):
     run_spec(load_spec(warm_spec(tmp_path, "cold", seed=0)))
-    path = warm_spec(tmp_path, "other-proxy", seed=0, warm="{enabled: true}", epochs=2)
+    path = warm_spec(tmp_path, "other-space", seed=0, warm="{enabled: true}")
+    path.write_text(path.read_text().replace("kernels: [3, 5]", "kernels: [3]"))
     summary = run_spec(load_spec(path))
-    assert any("search.warm_start: no earlier candidate could be reused" in w and "other proxy or training settings" in w
+    assert any("search.warm_start: no earlier candidate could be reused" in w and "were searched in another space" in w
                for w in summary.stages["search"]["warnings"]), summary.stages["search"]
+
+
+def test_earlier_architectures_whose_numbers_do_not_carry_over_are_evaluated_again_first(tmp_path):
+    first = run_spec(load_spec(warm_spec(tmp_path, "cold", seed=0)))
+    registry = Registry(tmp_path / "registry.duckdb")
+    earlier = sorted((r for r in registry.get_candidates(first.run_id, stage="search") if r["status"] == "ok"),
+                     key=lambda r: (-r["score"], r["arch_hash"]))
+    path = warm_spec(tmp_path, "other-proxy", seed=0, warm="{enabled: true, top: 3}", epochs=2)
+    summary = run_spec(load_spec(path))
+    rows = registry.get_candidates(summary.run_id, stage="search")
+    seeded = [r for r in rows if (r["extra"] or {}).get("seeded_from")]
+    assert {r["arch_hash"] for r in seeded} == {r["arch_hash"] for r in earlier[:3]}
+    assert all(r["extra"]["seeded_from"] == first.run_id and r["train_epochs"] == 2 for r in seeded)  # trained anew
+    assert not any((r["extra"] or {}).get("reused_from") for r in rows)
+    assert len(rows) == 6 and summary.stages["search"]["evaluated"] == 6  # the seeds count against the budget
+    again = run_spec(load_spec(path))  # resumed: the same seeds, nothing evaluated again
+    assert again.stages["search"]["evaluated"] == 0 and len(registry.get_candidates(summary.run_id, stage="search")) == 6
 
 
 @pytest.mark.parametrize("strategy", ["optuna", "nsga2", "mnasnet"])

@@ -164,33 +164,37 @@ def _warn(message: str) -> None:
 # ------------------------------------------------------------------ the stage
 
 
-def _warm_start(ctx: RunContext, registry, space, devices, stored: dict, measured_rows: dict) -> tuple[list[dict], str | None]:
-    """This run's warm-start rows: recorded on its first start (read back on a resume), else
-    chosen now from earlier runs and written before the search proposes anything; and a warning
-    when nothing could be reused."""
+def _warm_start(ctx: RunContext, registry, space, devices, stored: dict, measured_rows: dict):
+    """(this run's warm-start rows, architectures to evaluate again first as (genome, run id), a
+    warning when nothing could be reused). Chosen from the runs started before this one, the same
+    way on every start; copies not yet recorded are written before the search proposes anything."""
     spec = ctx.spec
     if not spec.search.warm_start.enabled:
-        return [], None
-    recorded = [r for r in stored.values() if (r.get("extra") or {}).get("reused_from")]
-    if recorded:
-        return _worst_first(recorded), None
+        return [], [], None
     from .warm_start import collect
 
     found = collect(registry, spec, ctx.run_id, space, devices)
     note = found.message()
     if note:
         _warn(note)
-        return [], note
-    registry.add_evaluated(found.rows, found.measurements)
+        return [], [], note
+    recorded = {r["candidate_id"] for r in stored.values()}
+    new = [r for r in found.rows if r["candidate_id"] not in recorded]
+    new_ids = {r["candidate_id"] for r in new}
+    registry.add_evaluated(new, [m for m in found.measurements if m["candidate_id"] in new_ids])
     for m in found.measurements:
-        measured_rows.setdefault(m["candidate_id"], []).append(m)
+        if m["candidate_id"] in new_ids:
+            measured_rows.setdefault(m["candidate_id"], []).append(m)
+    rows = []
     for row in found.rows:
-        stored[row["arch_hash"]] = row
+        stored.setdefault(row["arch_hash"], row)
+        rows.append(stored[row["arch_hash"]])
+    sources = sorted({r["extra"]["reused_from"] for r in rows} | {run for _, run in found.seeds})
     reporter().message(
-        f"warm start: {len(found.rows)} candidates from earlier runs "
-        f"({', '.join(sorted({r['extra']['reused_from'] for r in found.rows}))})"
+        f"warm start: {len(rows)} candidates reused and {len(found.seeds)} to evaluate again, "
+        f"from {', '.join(sources)}"
     )
-    return _worst_first(found.rows), None
+    return _worst_first(rows), found.seeds, None
 
 
 def _worst_first(rows: list[dict]) -> list[dict]:
@@ -240,19 +244,22 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     for m in registry.get_measurements([r["candidate_id"] for r in stored.values() if r["status"] == "ok"]):
         measured_rows.setdefault(m["candidate_id"], []).append(m)
     step = 0
-    warm, warm_note = _warm_start(ctx, registry, space, devices, stored, measured_rows)
+    warm, seeds, warm_note = _warm_start(ctx, registry, space, devices, stored, measured_rows)
     notes += [warm_note] if warm_note else []
+    seed_from = {arch_hash(space.to_arch(g)): run for g, run in seeds}
     seen: dict[str, dict] = {r["arch_hash"]: r for r in warm}  # arch hash -> row of every architecture reached
     # A strategy that cannot be replayed saves its state after every batch; a resumed run restores
     # the last one (which already holds the warm start and every recorded result) instead.
     saves_state = type(strategy).state_dict is not SearchStrategy.state_dict
     restored = registry.latest_search_state(ctx.run_id) if saves_state else None
     pending: list[Genome] = []  # proposals of a batch the budget cut short, evaluated first
+    seed_queue = [g for g, _ in seeds]  # earlier architectures evaluated again, before any ask
     if restored is not None:
         strategy.load_state_dict(restored["state"])
         step = restored["step"]
         pending = [tuple(g) for g in restored["pending"] or []]
         seen.update(stored)
+        seed_queue = []  # already told before the state was saved
     elif warm:
         strategy.warm_start([
             candidate_result(tuple(r["extra"]["genome"]), r, measured_rows.get(r["candidate_id"], ()), spec.search.latency, pareto)
@@ -271,7 +278,11 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                        else f"the last {stalled} proposals all repeated earlier ones")
                 )
                 break
-            genomes, pending = pending or strategy.ask(spec.search.batch_size), []
+            seeding = bool(seed_queue) and not pending
+            if seeding:
+                genomes, seed_queue = seed_queue[: spec.search.batch_size], seed_queue[spec.search.batch_size:]
+            else:
+                genomes, pending = pending or strategy.ask(spec.search.batch_size), []
             archs = [space.to_arch(g) for g in genomes]
             new, told, duplicates = _take(archs, seen, budget - (len(seen) - len(warm)))
             reused = [a for a in new if stored.get(arch_hash(a), {}).get("status") == "ok"]
@@ -289,6 +300,8 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                 h = arch_hash(arch)
                 ms, failures = measured[h]
                 row = retried(_candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
+                if h in seed_from:
+                    row["extra"]["seeded_from"] = seed_from[h]
                 rows.append(row)
                 own = measurement_rows(row["candidate_id"], ctx.run_id, ms)
                 measured_rows[row["candidate_id"]] = own
@@ -298,11 +311,13 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
                 seen[arch_hash(arch)] = stored[arch_hash(arch)]
             writer.add(rows, mrows)  # candidates and their measurements land in one transaction
             # A full batch is told whole; a batch the budget cut short, up to the cut (no ask follows).
-            strategy.tell([
+            results = [
                 candidate_result(g, seen[arch_hash(a)], measured_rows.get(seen[arch_hash(a)]["candidate_id"], ()),
                                  spec.search.latency, pareto)
                 for g, a in zip(genomes[:told], archs[:told])
-            ])
+            ]
+            # Seeds were never asked for: they reach the strategy as a warm start, not as answers.
+            (strategy.warm_start if seeding else strategy.tell)(results)
             step += 1
             log = [
                 {"run_id": ctx.run_id, "strategy": spec.search.strategy, "step": step, "metric": metric, "value": float(value)}

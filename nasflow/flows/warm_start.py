@@ -7,9 +7,11 @@ An earlier search candidate is reused only when its numbers mean the same thing 
   same scale (measured, LUT or predicted, as this search uses).
 Reused candidates are copied into this run (their rows say `extra.reused_from`, the run and
 candidate they came from), scored with this spec's objectives, and handed to the strategy's
-`warm_start` before its first `ask`; they do not count against `search.budget`. Only runs
-started before this one are read, and the copies are recorded, so a resumed run warm-starts
-from exactly the same rows.
+`warm_start` before its first `ask`; they do not count against `search.budget`. Candidates of
+the same space whose numbers do not carry over (other proxy settings, another device
+fingerprint) fill the rest of `top`: they are evaluated again first, counted against the budget
+(`extra.seeded_from` names their run), and handed to `warm_start` as well. Only runs started
+before this one are read, and the choice is made again, identically, when the run resumes.
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ STAGE = "search"
 class WarmStart:
     rows: list[dict[str, Any]] = field(default_factory=list)  # candidate rows copied into this run
     measurements: list[dict[str, Any]] = field(default_factory=list)
+    # Earlier architectures of this space whose numbers do not carry over (another proxy setting,
+    # another device fingerprint): evaluated again first, within the budget. (genome, run id).
+    seeds: list[tuple[tuple[int, ...], str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)  # why earlier candidates were not reused -> how many
 
     def message(self) -> str | None:
         """A warning when nothing could be reused, saying why."""
-        if self.rows:
+        if self.rows or self.seeds:
             return None
         if not self.skipped:
             return "search.warm_start: no earlier search in this registry to start from; the search starts cold"
@@ -87,6 +92,7 @@ def collect(
     fingerprints = {name: device_fingerprint_hash(device) for name, device in devices.items()}
     source = spec.search.latency
     pool: dict[str, tuple[dict, list[dict]]] = {}  # arch hash -> (earlier row, its measurements)
+    again: dict[str, dict] = {}  # arch hash -> earlier row of this space whose numbers do not carry over
 
     def skip(why: str, n: int = 1) -> None:
         found.skipped[why] = found.skipped.get(why, 0) + n
@@ -101,8 +107,12 @@ def collect(
             skip("came from runs whose spec this nasflow version cannot read", len(candidates))
             continue
         mismatch = _run_mismatch(spec, earlier)
-        if mismatch:
+        if mismatch == "were searched in another space":
             skip(mismatch, len(candidates))
+            continue
+        if mismatch:  # the same space, numbers from other settings: worth evaluating again
+            for row in candidates:
+                again.setdefault(row["arch_hash"], row)
             continue
         by_candidate: dict[str, list[dict]] = {}
         for m in registry.get_measurements([c["candidate_id"] for c in candidates]):
@@ -117,11 +127,27 @@ def collect(
                 and m["source"] == source and m["metric"] in ("latency", "energy") and m.get("artifact_id") is None
             ]
             if set(latencies(usable, source)) != set(fingerprints):
-                skip(f"had no {source} latency on every device with this fingerprint")
+                again.setdefault(row["arch_hash"], row)  # e.g. timed on another machine: time it here
                 continue
             pool.setdefault(row["arch_hash"], (row, usable))  # the oldest run's copy of an architecture wins
     _choose(found, pool, spec, space, run_id, cfg.top)
+    _seeds(found, again, space, cfg.top)
     return found
+
+
+def _seeds(found: WarmStart, again: dict[str, dict], space: SearchSpace, top: int) -> None:
+    """Fill the warm start up to `top` with architectures to evaluate again: the best by the score
+    their own run gave them (a ranking, not a number carried over)."""
+    taken = {r["arch_hash"] for r in found.rows}
+    ranked = sorted(
+        (r for h, r in again.items() if h not in taken and r.get("score") is not None),
+        key=lambda r: (-r["score"], r["arch_hash"]),
+    )
+    for row in ranked[: max(0, top - len(found.rows))]:
+        try:
+            found.seeds.append((space.from_arch(row["arch"]), row["run_id"]))
+        except Exception:  # noqa: BLE001 (an architecture this space no longer expresses)
+            found.skipped["are not architectures of this space"] = found.skipped.get("are not architectures of this space", 0) + 1
 
 
 def _choose(found: WarmStart, pool: dict, spec: Spec, space: SearchSpace, run_id: str, top: int) -> None:
