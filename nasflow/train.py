@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,25 @@ from torch import nn
 from .config import TrainConfig
 from .data import Dataset
 from .train_device import amp_dtype, resolve_device
+
+STOP = threading.Event()
+"""Set when the run is interrupted: every training in this process stops at its next batch."""
+
+
+class TrainingStopped(Exception):
+    """Training gave up because the run was interrupted (see `STOP`)."""
+
+
+@contextmanager
+def stop_training_on_interrupt() -> Iterator[None]:
+    """Wrap the wait for training workers: Ctrl-C or SIGTERM reaches only the waiting thread, and
+    without this the run would end only after every training in flight had finished (minutes)."""
+    STOP.clear()
+    try:
+        yield
+    except BaseException:
+        STOP.set()
+        raise
 
 _PAD = 2  # pixels of padding for the random-crop augmentation
 
@@ -114,6 +135,8 @@ def _fit(model, dataset: Dataset, keep: np.ndarray, config: TrainConfig, epochs:
         order = torch.randperm(n, generator=gen).numpy()
         losses = []
         for b in range(steps_per_epoch):
+            if STOP.is_set():
+                raise TrainingStopped("the run was interrupted")
             # Rows are gathered and normalised per batch: the split itself stays compact on the host.
             positions = keep[order[b * batch : (b + 1) * batch]]
             xb = to_device(dataset.batch("train", positions), device)

@@ -493,3 +493,50 @@ def test_a_failing_device_fails_the_candidate_only_when_it_drives_the_objective(
     flaky_objective = spec.model_copy(update={"objectives": spec.objectives.model_copy(update={"device": "flaky"})})
     row = _candidate_row(RunContext("r", flaky_objective), arch, genome, trained, measured, failures)
     assert row["status"] == "failed" and row["error"] == "flaky: lost the connection"
+
+
+# ------------------------------------------------- an interrupt stops the trainings in flight, not after them
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_an_interrupt_stops_a_long_proxy_training_within_seconds(tmp_path, sig):
+    """Proxies of 2,000 epochs take minutes; SIGTERM (a scheduler, `timeout`) or Ctrl-C during them
+    ends the run within seconds, marked interrupted, with one line and no Prefect crash report."""
+    spec = tmp_path / "long.yaml"
+    spec.write_text(
+        "name: long\n"
+        f"dataset: {{name: digits, val_split: 0.25, cache_dir: {tmp_path / 'cache'}}}\n"
+        "devices:\n  - {name: torch-cpu, options: {threads: 1, min_seconds: 0, max_seconds: 0.2, max_runs: 20}}\n"
+        "profile: {enabled: false}\n"
+        "search: {budget: 2, batch_size: 2, proxy: {epochs: 2000}}\n"
+        f"registry: {{path: {tmp_path / 'r.duckdb'}}}\nexecution: {{work_dir: {tmp_path / 'runs'}, workers: 2}}\n"
+    )
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nasflow.cli", "run", str(spec)], stdout=stdout, stderr=stderr, cwd=tmp_path,
+            env=cli_env(), start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while "search   started" not in out.read_text():
+            assert proc.poll() is None, err.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the search never started"
+            time.sleep(0.5)
+        time.sleep(3)  # the proxies are training now (the two candidates' timings take well under 3 s)
+        start = time.monotonic()
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=120)
+        took = time.monotonic() - start
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    stderr = err.read_text()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert took < 45, f"the run took {took:.0f} s to stop"
+    assert stderr.count("interrupted:") == 1 and "Crash detected" not in stderr, stderr[-3000:]
+    run = open_readonly(tmp_path / "r.duckdb").query("SELECT status, error FROM runs")[1]
+    assert run == [("interrupted", "terminated (SIGTERM)" if sig == signal.SIGTERM else "interrupted by the user")]

@@ -22,6 +22,7 @@ from ..plugin_api import DeviceBackend, Measurement
 from ..plugins import get_plugins
 from ..progress import ProgressChannel, reporter
 from ..space import Arch, arch_hash, build_model, count_arch_params, count_macs, format_arch, parse_arch, validate_arch
+from ..train import stop_training_on_interrupt
 from ..train_device import resolve_device
 
 
@@ -181,9 +182,10 @@ def train_in_parallel(
         unmapped(amp),
     )
     results: list[dict[str, Any]] = [{}] * len(archs)
-    for chunk, future in zip(chunks, futures):
-        for index, result in zip(chunk, future.result()):
-            results[index] = result
+    with stop_training_on_interrupt():
+        for chunk, future in zip(chunks, futures):
+            for index, result in zip(chunk, future.result()):
+                results[index] = result
     return results
 
 

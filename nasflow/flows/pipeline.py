@@ -107,10 +107,12 @@ def _prepare_while_server_starts(spec, server: ApiServer | None) -> None:
 
 
 class _InterruptCrashFilter(logging.Filter):
-    """Drops Prefect's "Crash detected! ... interrupt signal" errors: the CLI reports a Ctrl-C itself."""
+    """Drops Prefect's "Crash detected! ... interrupt / termination signal" errors: the CLI reports
+    a Ctrl-C or SIGTERM itself, in one line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "aborted by an interrupt signal" not in record.getMessage()
+        message = record.getMessage()
+        return "aborted by an interrupt signal" not in message and "aborted by a termination signal" not in message
 
 
 @contextmanager
@@ -126,6 +128,32 @@ def _quiet_interrupt_crashes():
             logger.removeFilter(crash_filter)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `timeout`, `kill`): handled like Ctrl-C, so the run is marked
+    interrupted, trainings in flight stop at their next batch, and everything recorded is kept."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises `Terminated` in the main thread. While a flow runs, Prefect puts its own
+    handler in front, which unwinds the flow and then re-delivers the signal to this one."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_spec(loaded: LoadedSpec) -> RunSummary:
     """Run (or resume) the workflow of a validated spec and summarise it from the registry."""
     spec = loaded.spec
@@ -138,11 +166,12 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
         train_device=str(resolve_device(spec.execution.device)),
     )
     try:
-        with _quiet_interrupt_crashes():
+        with _quiet_interrupt_crashes(), _sigterm_interrupts():
             _prepare_while_server_starts(spec, server)
             stages = pipeline_flow(ctx)
-    except KeyboardInterrupt:
-        registry.finish_run(ctx.run_id, "interrupted", "interrupted by the user")
+    except KeyboardInterrupt as exc:
+        reason = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted by the user"
+        registry.finish_run(ctx.run_id, "interrupted", reason)
         raise RunInterrupted(
             f"run {ctx.run_id} interrupted; everything recorded so far is kept in {spec.registry.path}. "
             "Run the same spec again to resume."

@@ -23,6 +23,7 @@ from ..progress import progress_channel, reporter
 from ..registry import Registry
 from ..space import arch_hash, build_model, format_arch, parse_arch
 from ..spec import Spec
+from ..train import stop_training_on_interrupt
 from .context import RunContext
 from .evaluate import arch_costs, latency_on, make_devices, measure_everywhere, threads_per_task, train_candidates
 from .records import (
@@ -148,19 +149,20 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
                 ): job
                 for job in to_train
             }
-            for future in as_completed(list(futures)):
-                job = futures[future]
-                result = future.result()[0]
-                row = retried(_trained_row(ctx, job, result), stored.get(job["candidate_id"]))
-                registry.add_evaluated([row], [], replace=True)  # recorded now: an interruption keeps it
-                stored[job["candidate_id"]] = row
-                # Epochs no worker could report (another process, or a failure part-way) count now.
-                unreported = max(0, epochs - result.get("epochs_reported", 0))
-                if row["status"] == "ok":
-                    trained_now.append(job)
-                    rep.advance(STAGE, unreported, f"trained {job['arch_hash'][:8]}: acc {row['accuracy']:.3f}")
-                else:
-                    rep.advance(STAGE, unreported, f"failed: {row['error']}")
+            with stop_training_on_interrupt():  # Ctrl-C / SIGTERM: trainings in flight stop too
+                for future in as_completed(list(futures)):
+                    job = futures[future]
+                    result = future.result()[0]
+                    row = retried(_trained_row(ctx, job, result), stored.get(job["candidate_id"]))
+                    registry.add_evaluated([row], [], replace=True)  # recorded now: an interruption keeps it
+                    stored[job["candidate_id"]] = row
+                    # Epochs no worker could report (another process, or a failure part-way) count now.
+                    unreported = max(0, epochs - result.get("epochs_reported", 0))
+                    if row["status"] == "ok":
+                        trained_now.append(job)
+                        rep.advance(STAGE, unreported, f"trained {job['arch_hash'][:8]}: acc {row['accuracy']:.3f}")
+                    else:
+                        rep.advance(STAGE, unreported, f"failed: {row['error']}")
     devices = make_devices(spec.devices)
     for job in to_time + trained_now:  # every training has ended: timings have the cores to themselves
         row, mrows = _timed_row(ctx, stored[job["candidate_id"]], devices)
@@ -171,3 +173,4 @@ def train_stage(ctx: RunContext) -> dict[str, Any]:
     reused = len(finished)
     rep.stage_end(STAGE, f"{len(to_train)} trained, {len(to_time)} timed after an interruption, {reused} reused{cap_note}")
     return {"trained": len(to_train), "timed": len(to_time), "reused": reused, "over_cap": over}
+
