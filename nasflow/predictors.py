@@ -419,6 +419,8 @@ def _suspects(predictor: CalibratedLutPredictor, archs: Sequence[Arch], measured
     """Calibration models whose held-out relative error under the chosen form exceeds
     SUSPECT_RESIDUAL and three robust standard deviations of all of them: a model measured in a
     slow phase stands out against the LUT's own timings of its operators."""
+    if len(archs) < 4:
+        return []  # a held-out fit needs three models
     rel = []
     for i in range(len(archs)):
         rest = [j for j in range(len(archs)) if j != i]

@@ -159,6 +159,11 @@ def test_calibrated_round_trips_through_json(space):
         CalibratedLutPredictor.from_dict({**data, "kind": "lut-sum"})
 
 
+def test_three_calibration_models_are_enough(space, fake_table):
+    predictor, archs, _ = calibrate(FakeDevice(), space, fake_table, *GEOMETRY, n=3)
+    assert len(archs) == 3 and predictor.fit_info["checks"]["remeasured"] == []
+
+
 def test_fit_rejects_bad_data(space):
     table = table_of(build_lut(FakeDevice(), space, *GEOMETRY))
     predictor = CalibratedLutPredictor(table, *GEOMETRY)
