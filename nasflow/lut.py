@@ -185,7 +185,7 @@ def measure_passes(
             if current is None or m.stats.median_ms < current.stats.median_ms:
                 best[i] = m
             done += 1
-            if progress is not None:
+            if progress is not None and done < total:  # the end is reported once, after any retries
                 progress(done, total)
 
     for _ in range(passes):
@@ -198,6 +198,8 @@ def measure_passes(
         total += len(open_)
         one_pass(open_)
         extra += 1
+    if progress is not None:
+        progress(done, total)
     unconfirmed = [i for i in range(len(jobs)) if passes > 1 and not confirmed(medians[i], tolerance)]
     return PassResults([m for m in best if m is not None], medians, unconfirmed, extra)
 

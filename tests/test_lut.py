@@ -253,7 +253,11 @@ def test_disagreeing_passes_are_measured_again_until_two_agree():
     models = [torch.nn.Identity() for _ in range(3)]
     for i, m in enumerate(models):
         m.index = i
-    out = measure_passes(Scripted(TorchCPU.Options(**FAST)), [(m, (1, 1, 4, 4)) for m in models], passes=2, retries=3)
+    progress = []
+    out = measure_passes(Scripted(TorchCPU.Options(**FAST)), [(m, (1, 1, 4, 4)) for m in models], passes=2, retries=3,
+                         progress=lambda d, t: progress.append((d, t)))
+    assert progress[0] == (0, 6) and progress[-1] == (11, 11)
+    assert [p for p in progress if p[0] == p[1]] == [(11, 11)]  # ended once, after the retries
     assert order == [0, 1, 2, 0, 1, 2, 1, 2, 1, 2, 2]  # job 1 settles after two extra passes, job 2 never
     assert out.passes_ms[1] == [2.0, 1.0, 1.5, 1.02] and [m.stats.median_ms for m in out.best] == [1.0, 1.0, 1.0]
     assert out.unconfirmed == [2] and out.extra_passes == 3
