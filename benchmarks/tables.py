@@ -43,8 +43,15 @@ def load_results(name: str, path: Path | None = None) -> dict[str, Any]:
 
 
 def benchmark_names() -> list[str]:
-    """Every benchmark with a committed JSON report."""
-    return sorted(p.stem for p in RESULTS.glob("*.json"))
+    """Every benchmark with a committed JSON report (a setting's report, below, is its script's)."""
+    stems = sorted(p.stem for p in RESULTS.glob("*.json"))
+    return [s for s in stems if not any(s.startswith(f"{o}_") and (BENCHMARKS / f"{o}.py").is_file() for o in stems)]
+
+
+def setting_reports(name: str) -> dict[str, dict[str, Any]]:
+    """{setting: report} of benchmark `name`'s other settings: `results/<name>_<setting>.json`,
+    rendered inside its README block by its script."""
+    return {p.stem[len(name) + 1:]: json.loads(p.read_text()) for p in sorted(RESULTS.glob(f"{name}_*.json"))}
 
 
 # ------------------------------------------------------------------------------------ formatting

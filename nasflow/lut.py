@@ -28,6 +28,7 @@ registry's text form ``"1x16x8x8"`` (batch first, the batch the device times wit
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .arch import Block
@@ -58,7 +59,7 @@ LutOp = Operator
 Progress = Callable[[int, int], None]
 
 __all__ = [
-    "LutKey", "LutOp", "arch_op_details", "arch_ops", "block_token", "build_lut", "device_batch_size",
+    "AGREEMENT", "LutKey", "LutOp", "PassResults", "arch_op_details", "confirmed", "measure_passes", "arch_ops", "block_token", "build_lut", "device_batch_size",
     "device_fingerprint_hash", "fastest_of_passes", "head_key", "load_or_build_lut", "lut_entries",
     "measure_ops", "null_key", "null_op", "op_key", "shape_str", "stem_key", "stored_lut",
 ]
@@ -114,41 +115,105 @@ def device_fingerprint_hash(device: "DeviceBackend") -> str:
     return fingerprint_hash(device.fingerprint())
 
 
-def fastest_of_passes(
+AGREEMENT = 0.05
+"""Passes of one job confirm each other when the second-fastest median is within 5 % of the fastest."""
+
+
+@dataclass
+class PassResults:
+    """Every pass of a batch of jobs: the kept (fastest) measurement of each and what backs it."""
+
+    best: list["Measurement"]
+    passes_ms: list[list[float]]  # per job, the median of every pass, in the order taken
+    unconfirmed: list[int]  # jobs whose two fastest passes still disagree (see `confirmed`)
+    extra_passes: int  # passes measured beyond the first `passes`, over the disagreeing jobs
+
+
+def confirmed(medians_ms: Sequence[float], tolerance: float = AGREEMENT) -> bool:
+    """Whether the two fastest of several pass medians agree within `tolerance` (False for one pass).
+
+    The fastest pass is kept; a second, independent pass within `tolerance` of it says that it
+    was not a lucky outlier and that the machine ran at that speed at least twice.
+    """
+    if len(medians_ms) < 2:
+        return False
+    first, second = sorted(medians_ms)[:2]
+    return second <= first * (1.0 + tolerance)
+
+
+def measure_passes(
     device: "DeviceBackend",
     jobs: Sequence[tuple["nn.Module", tuple[int, ...]]],
     passes: int = 1,
     progress: Progress | None = None,
     describe_error: Callable[[int, NasflowError], NasflowError] | None = None,
-) -> list["Measurement"]:
+    retries: int = 0,
+    tolerance: float = AGREEMENT,
+) -> PassResults:
     """Measure every (model, input shape) `passes` times, interleaved; keep each one's fastest median.
 
     On a shared machine one measurement can fall entirely inside a slow phase of the host (see
     nasflow.timing); passes spread over the whole batch make it unlikely that all of them do.
+    Then, up to `retries` times, the jobs whose two fastest passes disagree by more than
+    `tolerance` get one more pass each, interleaved among themselves, until they agree.
     The device's `prepare` runs first (litert converts every model up front, in parallel).
     A failure propagates, rewritten by `describe_error(index, exc)` when given.
     """
     if passes < 1:
         raise ValueError(f"passes must be at least 1, got {passes}")
+    if retries < 0:
+        raise ValueError(f"retries must be at least 0, got {retries}")
     device.prepare(jobs)
     best: list[Measurement | None] = [None] * len(jobs)
-    total = passes * len(jobs)
+    medians: list[list[float]] = [[] for _ in jobs]
+    total, done = passes * len(jobs), 0
     if progress is not None:
         progress(0, total)
-    for p in range(passes):
-        for i, (model, shape) in enumerate(jobs):
+
+    def one_pass(indexes: Sequence[int]) -> None:
+        nonlocal done
+        for i in indexes:
+            model, shape = jobs[i]
             try:
                 m = device.measure_model(model, shape)
             except NasflowError as exc:
                 if describe_error is None:
                     raise
                 raise describe_error(i, exc) from exc
+            medians[i].append(float(m.stats.median_ms))
             current = best[i]
             if current is None or m.stats.median_ms < current.stats.median_ms:
                 best[i] = m
-            if progress is not None:
-                progress(p * len(jobs) + i + 1, total)
-    return [m for m in best if m is not None]
+            done += 1
+            if progress is not None and done < total:  # the end is reported once, after any retries
+                progress(done, total)
+
+    for _ in range(passes):
+        one_pass(range(len(jobs)))
+    extra = 0
+    while passes > 1 and extra < retries:
+        open_ = [i for i in range(len(jobs)) if not confirmed(medians[i], tolerance)]
+        if not open_:
+            break
+        total += len(open_)
+        one_pass(open_)
+        extra += 1
+    if progress is not None:
+        progress(done, total)
+    unconfirmed = [i for i in range(len(jobs)) if passes > 1 and not confirmed(medians[i], tolerance)]
+    return PassResults([m for m in best if m is not None], medians, unconfirmed, extra)
+
+
+def fastest_of_passes(
+    device: "DeviceBackend",
+    jobs: Sequence[tuple["nn.Module", tuple[int, ...]]],
+    passes: int = 1,
+    progress: Progress | None = None,
+    describe_error: Callable[[int, NasflowError], NasflowError] | None = None,
+    retries: int = 0,
+) -> list["Measurement"]:
+    """The fastest measurement of each job over `passes` interleaved passes (see `measure_passes`)."""
+    return measure_passes(device, jobs, passes, progress, describe_error, retries).best
 
 
 def measure_ops(
@@ -161,7 +226,8 @@ def measure_ops(
         return DeviceError(f"{device.name}: timing LUT operator {op.key} ({op.shape}) failed: {exc}")
 
     jobs = [(op.module(), op.input_shape) for op in ops]
-    measurements = fastest_of_passes(device, jobs, passes, progress, describe_error=describe)
+    # Operators whose passes disagree get up to `passes` more: a LUT entry is the base of every prediction.
+    measurements = fastest_of_passes(device, jobs, passes, progress, describe_error=describe, retries=passes)
     return [
         {
             "device": device.name,

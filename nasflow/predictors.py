@@ -24,6 +24,15 @@
   The ridge strength is chosen by leave-one-out cross-validation, so with few or noisy
   measurements the model stays at "overhead-corrected LUT sum + fitted overhead", and with
   informative ones it learns the corrections.
+  That ridge model is one of four forms (`FORMS`): the plain LUT sum, the sum times one fitted
+  factor, the overhead-corrected sum plus a fitted constant, and the ridge model. Each is scored
+  by its leave-one-out relative error on the calibration models (the ridge strength chosen again
+  inside every fold, so the score is held out); the best wins, a simpler one on ties. At real
+  sizes, where a few calibration models cannot pin seven coefficients, the fit therefore falls
+  back to a simpler form instead of doing worse than the sum it corrects (`fit_info["form"]`).
+  `calibrate` also checks that the calibration models were measured on an undisturbed machine
+  (passes that agree; no model far slower than the LUT's timings of its operators predict) and
+  measures again where not.
 * `DriftMonitor` compares predictions with occasional measurements during a search and says when
   the predictor stopped matching the device (thermal throttling, another tenant, a changed runtime).
 """
@@ -32,6 +41,7 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -39,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .errors import DeviceError, NasflowError
-from .lut import LutKey, LutOp, arch_op_details, device_batch_size, fastest_of_passes, null_op
+from .lut import AGREEMENT, LutKey, LutOp, PassResults, arch_op_details, device_batch_size, fastest_of_passes, measure_passes, null_op
 from .arch import Arch, format_arch, parse_arch
 from .arch.builder import build_model
 
@@ -186,7 +196,13 @@ class CalibratedLutPredictor(_LutBased):
     # --- fitting
 
     def fit(self, archs: Sequence[Arch | str], measured_ms: Sequence[float]) -> "CalibratedLutPredictor":
-        """Fit on whole models measured on the device (at least 3; 10-20 recommended)."""
+        """Fit on whole models measured on the device (at least 3; 10-20 recommended).
+
+        Four forms compete on leave-one-out relative error (see FORMS); the ridge form's strength
+        is chosen inside each held-out fold, so its error is a true held-out one. The best form
+        wins and a simpler one wins ties: the fit is never worse than the plain LUT sum on the
+        calibration models held out one at a time. `fit_info["form"]` says which was chosen.
+        """
         y = np.asarray(measured_ms, dtype=float)
         if len(archs) != y.size:
             raise PredictorError(f"got {len(archs)} architectures but {y.size} measurements")
@@ -195,28 +211,40 @@ class CalibratedLutPredictor(_LutBased):
         if not np.all(np.isfinite(y)) or np.any(y <= 0):
             raise PredictorError("measured latencies must be positive and finite")
         X = self._matrix(archs)
-        # Relative errors: each row divided by its latency, so fast and slow models count alike.
+        lut = np.array([name.startswith("lut_") for name in FEATURE_NAMES], dtype=float)
+        overhead = np.array([name == "overhead" for name in FEATURE_NAMES], dtype=float)
+        plain = lut.copy()  # the FBNet sum: every LUT entry at face value, nothing else
+        # Each fixed form: (base coefficients, directions along which one scalar each is fitted).
+        fixed = {
+            "lut-sum": (plain, np.zeros((len(FEATURE_NAMES), 0))),
+            "lut-sum-scaled": (np.zeros(len(FEATURE_NAMES)), lut[:, None]),
+            "overhead-corrected": (self.prior, overhead[:, None]),
+        }
+        forms: dict[str, tuple[np.ndarray, np.ndarray, float]] = {}  # name -> coef, held-out sq. errors, ridge
+        for name, (base, directions) in fixed.items():
+            forms[name] = (*_fit_directions(X, y, base, directions), math.inf)
         A, target = X / y[:, None], (y - X @ self.prior) / y
         scale = np.sqrt(np.mean(A**2, axis=0))
         scale[scale == 0] = 1.0
         penalty = np.where(_UNPENALISED, 1e-9, 1.0) * scale**2
-        # One-standard-error rule: the strongest pull towards the prior whose leave-one-out error
-        # is within one standard error of the best, so noise does not buy extra coefficients.
-        fits = [(lam, *_ridge_loo(A, target, lam * penalty)) for lam in LAMBDAS]
-        best = min(fits, key=lambda f: np.mean(f[2]))
-        limit = np.mean(best[2]) + np.std(best[2], ddof=1) / np.sqrt(y.size)
-        lam, delta, sq = max((f for f in fits if np.mean(f[2]) <= limit), key=lambda f: f[0])
-        loo = np.sqrt(np.mean(sq))
-        self.coef, self.ridge = self.prior + delta, lam
-        lut_sum = X[:, [FEATURE_NAMES.index(n) for n in FEATURE_NAMES if n.startswith("lut_")]].sum(axis=1)
+        lam, delta, _ = _select_ridge(A, target, penalty)
+        forms["ridge"] = (self.prior + delta, _nested_ridge_loo(A, target, penalty), lam)
+        loo = {name: float(np.sqrt(np.mean(sq))) for name, (_, sq, _) in forms.items()}
+        best = min(loo.values())
+        chosen = next(name for name in FORMS if loo[name] <= best * (1 + 1e-9) + 1e-12)  # ties (to rounding): simpler
+        self.coef, _, self.ridge = forms[chosen]
+        self.coef = np.array(self.coef, dtype=float)
+        train = (y - X @ self.coef) / y
         self.fit_info = {
             "n": int(y.size),
             "null_ms": self.null_ms,
-            "loo_rel_rmse": float(loo),
-            "lut_sum_rel_rmse": float(np.sqrt(np.mean(((y - lut_sum) / y) ** 2))),
+            "form": chosen,
+            "forms_loo_rel_rmse": loo,
+            "loo_rel_rmse": loo[chosen],
+            "lut_sum_rel_rmse": loo["lut-sum"],
             "prior_rel_rmse": float(np.sqrt(np.mean(target**2))),
-            "prior_plus_overhead_rel_rmse": float(_fit_intercept_only(A, target)),
-            "train_rel_rmse": float(np.sqrt(np.mean((target - A @ delta) ** 2))),
+            "prior_plus_overhead_rel_rmse": loo["overhead-corrected"],
+            "train_rel_rmse": float(np.sqrt(np.mean(train**2))),
         }
         return self
 
@@ -292,14 +320,51 @@ def _ridge_loo(A: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> tuple[np.nd
     return delta, residual**2
 
 
-def _fit_intercept_only(A: np.ndarray, b: np.ndarray) -> float:
-    """Relative RMSE of 'LUT sum + fitted constant overhead' (the simplest correction)."""
-    col = A[:, 0]
-    c = float(col @ b / (col @ col))
-    return float(np.sqrt(np.mean((b - c * col) ** 2)))
+def _select_ridge(A: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Ridge strength by leave-one-out, one-standard-error rule: the strongest pull towards the
+    prior whose error is within one standard error of the best, so noise buys no coefficients."""
+    fits = [(lam, *_ridge_loo(A, b, lam * penalty)) for lam in LAMBDAS]
+    best = min(fits, key=lambda f: np.mean(f[2]))
+    limit = np.mean(best[2]) + np.std(best[2], ddof=1) / np.sqrt(b.size)
+    return max((f for f in fits if np.mean(f[2]) <= limit), key=lambda f: f[0])
+
+
+def _nested_ridge_loo(A: np.ndarray, b: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """Squared held-out errors of the ridge form with its strength chosen without the held-out model."""
+    out = np.empty(b.size)
+    for i in range(b.size):
+        keep = np.arange(b.size) != i
+        _, delta, _ = _select_ridge(A[keep], b[keep], penalty)
+        out[i] = (b[i] - A[i] @ delta) ** 2
+    return out
+
+
+def _fit_directions(
+    X: np.ndarray, y: np.ndarray, base: np.ndarray, directions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients `base + directions @ d`, d fitted by least squares on relative errors, and the
+    squared leave-one-out relative errors (a form with no direction has nothing fitted)."""
+    target = (y - X @ base) / y
+    if directions.shape[1] == 0:
+        return base.copy(), target**2
+    A = (X @ directions) / y[:, None]
+    delta, sq = _ridge_loo(A, target, np.full(directions.shape[1], 1e-12))
+    return base + directions @ delta, sq
+
+
+FORMS = ("lut-sum", "lut-sum-scaled", "overhead-corrected", "ridge")
+"""The calibrated predictor's candidate forms, simplest first (a tie goes to the simpler):
+the plain LUT sum; the sum times one fitted factor; the sum with the runtime's per-call cost
+counted once per model plus a fitted constant; and the full ridge model of the module docs."""
 
 
 # ---------------------------------------------------------------- calibration data
+
+
+def _arch_jobs(device: "DeviceBackend", archs: Sequence[Arch | str], in_channels: int, num_classes: int, image_size):
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    shape = (device_batch_size(device), in_channels, *size)
+    return [(build_model(_as_arch(arch), in_channels, num_classes), shape) for arch in archs]
 
 
 def measure_archs(
@@ -310,12 +375,12 @@ def measure_archs(
     image_size: int | Sequence[int],
     progress: Callable[[int, int], None] | None = None,
     passes: int = 1,
+    retries: int = 0,
 ) -> list[float]:
-    """Median latency (ms) of each whole architecture on the device, the fastest of `passes`."""
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    shape = (device_batch_size(device), in_channels, *size)
-    jobs = [(build_model(_as_arch(arch), in_channels, num_classes), shape) for arch in archs]
-    return [float(m.stats.median_ms) for m in fastest_of_passes(device, jobs, passes, progress)]
+    """Median latency (ms) of each whole architecture on the device, the fastest of `passes`
+    (and of up to `retries` more for models whose passes disagree, see `nasflow.lut.measure_passes`)."""
+    jobs = _arch_jobs(device, archs, in_channels, num_classes, image_size)
+    return [float(m.stats.median_ms) for m in fastest_of_passes(device, jobs, passes, progress, retries=retries)]
 
 
 def calibration_archs(
@@ -338,6 +403,49 @@ def calibration_archs(
     return [ranked[i] for i in picks]
 
 
+class CalibrationDisturbedError(PredictorError):
+    """The calibration models could not be measured consistently: the machine was disturbed."""
+
+
+class CalibrationDisturbedWarning(UserWarning):
+    """A calibration was fitted although every attempt to measure it was disturbed."""
+
+
+SUSPECT_RESIDUAL = 0.10
+"""A calibration model the fit misses by more than this (relative, held out) is measured again."""
+
+
+def _suspects(predictor: CalibratedLutPredictor, archs: Sequence[Arch], measured: Sequence[float]) -> list[int]:
+    """Calibration models whose held-out relative error under the chosen form exceeds
+    SUSPECT_RESIDUAL and three robust standard deviations of all of them: a model measured in a
+    slow phase stands out against the LUT's own timings of its operators."""
+    if len(archs) < 4:
+        return []  # a held-out fit needs three models
+    rel = []
+    for i in range(len(archs)):
+        rest = [j for j in range(len(archs)) if j != i]
+        held = CalibratedLutPredictor(predictor.table, predictor.in_channels, predictor.num_classes,
+                                      predictor.image_size, predictor.batch_size)
+        held.fit([archs[j] for j in rest], [measured[j] for j in rest])
+        rel.append((measured[i] - held.predict(archs[i])) / measured[i])
+    r = np.asarray(rel)
+    spread = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    limit = max(SUSPECT_RESIDUAL, 3.0 * spread)
+    # Only measured-too-slow models: a disturbed phase slows a model down, never speeds it up.
+    return [i for i in range(r.size) if r[i] > limit]
+
+
+REFERENCE_TOLERANCE = 0.10
+"""The reference operator, timed before and after the calibration models, must be within 10 % of
+its LUT entry: otherwise the machine ran at another speed than when the LUT was measured."""
+
+
+def _reference_op(predictor: LutSumPredictor, archs: Sequence[Arch]) -> LutOp:
+    """The costliest LUT operator the calibration models execute: the clearest speed signal."""
+    ops = {op.lut_key: op for arch in archs for op in predictor.ops(arch)}
+    return max(ops.values(), key=lambda op: (predictor.lookup(op), op.key))
+
+
 def calibrate(
     device: "DeviceBackend",
     space: "SearchSpace",
@@ -349,12 +457,95 @@ def calibrate(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     passes: int = 1,
+    attempts: int = 2,
+    strict: bool = False,
 ) -> tuple[CalibratedLutPredictor, list[Arch], list[float]]:
-    """Measure `n` whole models spread over the space (fastest of `passes`) and fit a CalibratedLutPredictor."""
+    """Measure `n` whole models spread over the space (fastest of `passes`) and fit a CalibratedLutPredictor.
+
+    A calibration taken while the machine was disturbed is detected and measured again, not
+    fitted (what was done is in `predictor.fit_info["checks"]`):
+
+    1. With two or more passes, the costliest LUT operator of the calibration models is timed
+       just before and just after them; either time more than REFERENCE_TOLERANCE off its LUT
+       entry means the machine ran at another speed than when the LUT was measured.
+    2. With two or more passes, a model whose two fastest passes disagree by more than
+       `nasflow.lut.AGREEMENT` gets up to `passes` more until two agree.
+    If (1) fails or (2) leaves a model unsettled, the whole calibration is measured again, up to
+    `attempts` times in all; if the last attempt fails too, `strict` raises
+    CalibrationDisturbedError, otherwise the fit goes ahead with a CalibrationDisturbedWarning
+    and the reason in `fit_info["checks"]["disturbed"]`.
+    3. After the fit, a model the fit on the others misses by far, too slow for what the LUT's
+       timings of its own operators say (`_suspects`), is measured again and replaced when the
+       new measurement is faster by more than AGREEMENT.
+    """
     geometry = (in_channels, num_classes, image_size, device_batch_size(device))
-    archs = calibration_archs(space, LutSumPredictor(table, *geometry), n=n, seed=seed)
-    measured = measure_archs(device, archs, in_channels, num_classes, image_size, progress, passes)
-    return CalibratedLutPredictor(table, *geometry).fit(archs, measured), archs, measured
+    lut_sum = LutSumPredictor(table, *geometry)
+    archs = calibration_archs(space, lut_sum, n=n, seed=seed)
+    jobs = _arch_jobs(device, archs, in_channels, num_classes, image_size)
+    ref = _reference_op(lut_sum, archs)
+    ref_job = [(ref.module(), ref.input_shape)]
+
+    def reference_ratio() -> float:
+        if passes < 2:
+            return 1.0  # one pass claims no stability: nothing to hold the calibration to
+        return float(measure_passes(device, ref_job, passes).best[0].stats.median_ms) / lut_sum.lookup(ref)
+
+    problems: list[str] = []
+    for _ in range(max(1, attempts)):
+        before = reference_ratio()
+        result = measure_passes(device, jobs, passes, progress, retries=passes)
+        after = reference_ratio()
+        problem = _disturbance(device.name, ref, before, after, result, len(archs), passes)
+        if problem is None:
+            break
+        problems.append(problem)
+    disturbed = None
+    if problem is not None:
+        disturbed = (
+            f"{problem}, in all {len(problems)} attempts: the machine is busy or changed since the LUT was "
+            f"measured; calibrate when it is quieter, or rebuild the LUT (--refresh) if the machine changed"
+        )
+        if strict:
+            raise CalibrationDisturbedError(disturbed)
+        warnings.warn(disturbed, CalibrationDisturbedWarning, stacklevel=2)
+    measured = [float(m.stats.median_ms) for m in result.best]
+    predictor = CalibratedLutPredictor(table, *geometry).fit(archs, measured)
+    checks: dict[str, Any] = {
+        "reference_op": ref.key if passes >= 2 else None, "reference_ratios": [before, after],
+        "repeated": problems[: len(problems) - (disturbed is not None)], "disturbed": disturbed,
+        "extra_passes": result.extra_passes, "remeasured": [], "replaced": [],
+    }
+    for _ in range(attempts):
+        suspects = [i for i in _suspects(predictor, archs, measured) if i not in checks["remeasured"]]
+        if not suspects:
+            break
+        again = measure_passes(device, [jobs[i] for i in suspects], passes, retries=passes)
+        checks["remeasured"] += suspects
+        faster = [i for i, m in zip(suspects, again.best) if m.stats.median_ms < measured[i] * (1.0 - AGREEMENT)]
+        for i, m in zip(suspects, again.best):
+            if i in faster:
+                measured[i] = float(m.stats.median_ms)
+        checks["replaced"] += faster
+        if not faster:
+            break  # the re-measurements confirm the outliers: the device, not the machine, made them
+        predictor = CalibratedLutPredictor(table, *geometry).fit(archs, measured)
+    predictor.fit_info["checks"] = checks
+    return predictor, archs, measured
+
+
+def _disturbance(
+    device: str, ref: LutOp, before: float, after: float, result: PassResults, n: int, passes: int
+) -> str | None:
+    """Why a calibration's measurements cannot be trusted (None when they can)."""
+    off = max(before, after, key=lambda r: abs(r - 1.0))
+    if abs(off - 1.0) > REFERENCE_TOLERANCE:
+        return (f"{device}: the reference operator {ref.key} ran at {off:.2f}x its LUT time around the calibration "
+                f"(before {before:.2f}x, after {after:.2f}x)")
+    if result.unconfirmed:
+        worst = max(sorted(result.passes_ms[i])[1] / min(result.passes_ms[i]) for i in result.unconfirmed)
+        return (f"{device}: {len(result.unconfirmed)} of {n} calibration models never measured the same twice "
+                f"(within {AGREEMENT:.0%}) in {passes + result.extra_passes} passes, worst {worst:.2f}x")
+    return None
 
 
 # ---------------------------------------------------------------- evaluation and drift

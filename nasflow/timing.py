@@ -39,7 +39,18 @@ Methodology (the README summarises this):
    so no rule inside it can see that. ``passes`` says how many separate measurements a candidate
    gets; ``nasflow.flows.evaluate`` interleaves them with the other devices' and keeps the
    fastest median, as the LUT does with ``profile.passes``. This module times one pass.
-7. **Report.** Median, 90th percentile (linear interpolation), mean, standard deviation and
+7. **Clock.** Each call is timed on the calling thread's CPU clock (``time.thread_time_ns``)
+   when the backend runs on one thread (``threads: 1``) and ``clock`` is ``auto`` (the default),
+   on the wall clock otherwise. On a machine with more runnable threads than cores the scheduler
+   hands our core to another process for slices of milliseconds; a 2-15 ms call then often
+   contains one or several such slices, and a wall-clock measurement taken while another job
+   keeps the cores busy can come out twice as slow as one taken a minute later, with no slow
+   window inside it to set aside. The thread's CPU time counts only the time the call ran.
+   It does not remove what sharing a core's caches or memory bandwidth costs, which the
+   contention windows and the passes still handle; and it would miss work a runtime hands to
+   other threads, so ``auto`` uses it only at one thread. The time budget (``min_seconds``,
+   ``max_seconds``) is always wall time.
+8. **Report.** Median, 90th percentile (linear interpolation), mean, standard deviation and
    minimum of the kept samples, in milliseconds; ``runs`` counts every timed call (kept plus
    set aside), ``outliers`` how many were set aside (contended windows and single outliers), and
    ``rel_ci`` the achieved relative half-width. Compare numbers measured side by side, not
@@ -54,6 +65,8 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from .plugin_api import LatencyStats, PluginOptions
@@ -63,6 +76,8 @@ MAD_FLOOR = 0.01  # fraction of the median; keeps identical timings from all bec
 CI_TAIL = 0.025  # each side of a two-sided 95 % interval
 NS_PER_MS = 1e6
 MIN_WINDOW_CALLS = 3  # a window's median needs a few calls to mean anything
+
+CLOCKS = ("auto", "wall", "thread")
 
 TimedRound = Callable[[int, float], list[float]]
 """Time up to n calls (stopping early once the clock passes the deadline); durations in ns."""
@@ -152,9 +167,14 @@ def summarise(
 
 
 def _timed_round(
-    fn: Callable[[], object], n: int, clock: Callable[[], int], deadline_ns: float
+    fn: Callable[[], object],
+    n: int,
+    clock: Callable[[], int],
+    deadline_ns: float,
+    budget_clock: Callable[[], int] | None = None,
 ) -> list[float]:
-    """Time up to `n` calls of `fn` one by one, GC held off, stopping early at the deadline."""
+    """Time up to `n` calls of `fn` one by one on `clock`, GC held off, stopping early once
+    `budget_clock` (default: `clock`) passes the deadline."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -164,7 +184,7 @@ def _timed_round(
             fn()
             end = clock()
             out.append(end - start)
-            if end >= deadline_ns:
+            if (end if budget_clock is None else budget_clock()) >= deadline_ns:
                 break
         return out
     finally:
@@ -196,6 +216,11 @@ class TimingOptions(PluginOptions):
     window_ms: float = Field(20.0, gt=0, description="length of a contention window, ms")
     passes: int = Field(
         3, ge=1, description="separate measurements per candidate, interleaved with the other devices; the fastest median is kept"
+    )
+    clock: Literal["auto", "wall", "thread"] = Field(
+        "auto",
+        description="per-call clock: thread (the calling thread's CPU time, immune to time-slicing by other processes), "
+        "wall, or auto (thread when the backend runs on one thread, else wall)",
     )
 
     @model_validator(mode="after")
@@ -247,12 +272,12 @@ def measure_callable(
     max_seconds: float = 5.0,
     contention: float | None = None,
     window_ms: float = 20.0,
-    clock: Callable[[], int] = time.perf_counter_ns,
+    clock: Callable[[], int] | str = "wall",
 ) -> LatencyStats:
     """Time `fn()` until the median is known to within `rel_ci` (see the module docstring).
 
-    `clock` returns nanoseconds; it is replaceable so the stop rule can be tested
-    deterministically.
+    `clock` is "wall" or "thread" (see rule 7), or a function returning nanoseconds that then
+    also measures the time budget, so the stop rule can be tested deterministically.
     """
     options = TimingOptions(  # validates the settings (a ValueError when they make no sense)
         warmup=warmup,
@@ -263,14 +288,28 @@ def measure_callable(
         max_seconds=max_seconds,
         contention=contention,
         window_ms=window_ms,
+        clock=clock if isinstance(clock, str) else "wall",
     )
-    return measure_with(fn, options, clock)
+    return measure_with(fn, options, None if isinstance(clock, str) else clock)
+
+
+def call_clock(options: TimingOptions) -> Callable[[], int]:
+    """The per-call clock `options.clock` names (rule 7): thread CPU time or wall time, in ns."""
+    if options.clock == "thread" or (options.clock == "auto" and getattr(options, "threads", None) == 1):
+        return time.thread_time_ns
+    return time.perf_counter_ns
 
 
 def measure_with(
-    fn: Callable[[], object], options: TimingOptions, clock: Callable[[], int] = time.perf_counter_ns
+    fn: Callable[[], object], options: TimingOptions, clock: Callable[[], int] | None = None
 ) -> LatencyStats:
-    """Warm up, then time `fn()` with the stop rule and contention handling of a device's options."""
+    """Warm up, then time `fn()` with the stop rule, clock and contention handling of a device's options.
+
+    `clock`, when given, replaces both the per-call clock and the budget's (deterministic tests).
+    """
     for _ in range(options.warmup):
         fn()
-    return run_rounds(lambda n, deadline: _timed_round(fn, n, clock, deadline), options, clock)
+    if clock is not None:
+        return run_rounds(lambda n, deadline: _timed_round(fn, n, clock, deadline), options, clock)
+    per_call, wall = call_clock(options), time.perf_counter_ns
+    return run_rounds(lambda n, deadline: _timed_round(fn, n, per_call, deadline, wall), options, wall)

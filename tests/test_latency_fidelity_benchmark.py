@@ -59,3 +59,70 @@ def test_report_numbers_agree_with_the_per_architecture_rows(report):
 def test_target_is_only_judged_on_its_device(report):
     assert report["targets"]["device"] == "litert"
     assert report["meets_target"] is None  # litert was not benchmarked here
+
+
+@pytest.fixture(scope="module")
+def space_report(tmp_path_factory):
+    """A space named on the command line, at another size, under the script's own background load,
+    on a real runtime (mnasnet's LUT has about 1,500 operators at 32x32: too many for a test)."""
+    out = tmp_path_factory.mktemp("fidelity") / "latency_fidelity_layerwise_16_background.json"
+    args = ["--quick", "--space", "layerwise", "--image-size", "16", "--background", "1", "--devices", "onnxruntime-cpu",
+            "--no-repeat", "--out", str(out)]
+    result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_a_space_run_has_the_same_fields_and_records_the_load(space_report):
+    from nasflow.predictors import FORMS
+
+    s = space_report["settings"]
+    assert s["space"] == "layerwise" and s["setting"] == "layerwise_16_background" and s["background_processes"] == 1
+    assert s["space_size"] > 100 and s["input"] == [1, 3, 16, 16]
+    load = space_report["load"]
+    assert load["background_processes"] == 1 and load["loadavg_samples"] >= 1 and load["loadavg_1min_max"] > 0
+    device = space_report["devices"]["onnxruntime-cpu"]
+    for metrics in device["predictors"].values():
+        assert {"within_10pct", "kendall_tau", "rmse_ms"} <= set(metrics)
+    assert device["calibration"]["form"] in FORMS and device["seconds_per_model"] > 0
+    assert device["lut"]["entries"] > 10 and device["lut"]["build_seconds"] > 0
+
+
+def test_the_readme_table_lists_every_setting_and_a_missed_target(space_report, report):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import latency_fidelity
+
+    missed = json.loads(json.dumps(space_report))
+    missed["devices"]["litert"] = missed["devices"]["onnxruntime-cpu"]
+    missed["devices"]["litert"]["predictors"]["calibrated"]["within_10pct"] = 0.5
+    missed["devices"]["litert"]["predictors"]["lut_sum"]["within_10pct"] = 0.25
+    text = latency_fidelity.settings_markdown({"small_background": missed})
+    assert "`small_background`" in text and "`layerwise` (" in text and ", 16x16 |" in text
+    assert "Targets missed: `small_background` on litert: the better predictor has 50.0 % within +-10 %" in text
+    assert latency_fidelity.markdown(report, {}).count("| setting |") == 0
+
+
+@pytest.mark.parametrize(
+    "argv, setting",
+    [([], None), (["--space", "mnasnet"], "mnasnet"), (["--image-size", "64", "--background", "2"], "layerwise_64_background"),
+     (["--space-options", "{}", "--setting", "big"], "big")],
+)
+def test_settings_are_named_by_space_size_and_load(argv, setting):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import latency_fidelity
+
+    args = latency_fidelity.parse_args(argv)
+    assert args.setting == setting
+    assert args.out.name == (f"latency_fidelity_{setting}.json" if setting else "latency_fidelity.json")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--space", "no-such-space"], "unknown space 'no-such-space'; registered:"),
+     (["--space-options", "[1]", "--setting", "x"], "must be a JSON object"),
+     (["--space-options", "{}"], "name the setting with --setting"),
+     (["--image-size", "4"], "at least 8")],
+)
+def test_bad_options_are_one_line_errors(argv, message):
+    result = subprocess.run([sys.executable, str(SCRIPT), *argv], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2 and message in result.stderr
