@@ -134,7 +134,7 @@ def valid_arch(draw, max_blocks: int = 5) -> Arch:
             block = SkipBlock(out=channels)
         elif isinstance(block, IRBlock) and block.groups > 1:
             g = block.groups
-            if channels % g or (block.mid is None and round(channels * block.expansion) % g):
+            if channels % g or block.mid_channels(channels) % g:  # the block's own rounding (at least 1)
                 block = IRBlock(kernel=block.kernel, mid=g * 3, out=block.out, stride=block.stride, groups=g) \
                     if channels % g == 0 else IRBlock(kernel=block.kernel, expansion=2, out=block.out, stride=1)
         blocks.append(block)
