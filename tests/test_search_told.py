@@ -231,7 +231,12 @@ class Unseeded(SearchStrategy):
         self.restored = 0
 
     def ask(self, n):
-        return [self.space.sample(self.rng) for _ in range(n)]
+        proposals = []
+        while len(proposals) < n:  # never a repeat, so every proposal is a new evaluation
+            genome = self.space.sample(self.rng)
+            if list(genome) not in self.told and genome not in proposals:
+                proposals.append(genome)
+        return proposals
 
     def tell(self, results):
         self.told += [list(r.genome) for r in results]
