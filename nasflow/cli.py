@@ -113,10 +113,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     plugins = get_plugins()
     # Search strategies say which protocol drives them (ask/tell or supernet); other kinds have none.
     rows = [
-        (p.kind, p.name, getattr(p.cls, "protocol", "") if p.kind == "search" else "", p.package, p.version, p.description)
+        (p.kind, p.name, p.package, p.version, p.description, getattr(p.cls, "protocol", "") if p.kind == "search" else "")
         for p in plugins.list()
     ]
-    print(format_table(["kind", "name", "protocol", "package", "version", "description"], rows))
+    print(format_table(["kind", "name", "package", "version", "description", "protocol"], rows))
     return 0
 
 

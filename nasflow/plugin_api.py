@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .errors import ArchError, DeviceError
 from .strict import StrictModel
@@ -319,9 +319,16 @@ class SupernetOptions(PluginOptions):
     """Options every supernet strategy has; a strategy's own `Options` extends this model."""
 
     arch_split: float = Field(
-        0.5, gt=0, lt=1,
-        description="share of the training split that trains the architecture parameters; the rest trains the weights",
+        0.5, description="share of the training split that trains the architecture parameters; the rest trains the weights",
     )
+
+    @field_validator("arch_split")
+    @classmethod
+    def _both_sides(cls, share: float) -> float:
+        if not 0 < share < 1:
+            side = "weights" if share >= 1 else "architecture parameters"
+            raise ValueError(f"arch_split {share:g} leaves no training images for the {side}; use a share strictly between 0 and 1")
+        return share
 
 
 @dataclass

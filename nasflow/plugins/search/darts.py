@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ...hookspecs import hookimpl
 from ...plugin_api import DerivedArch, Genome, SupernetContext, SupernetOptions, SupernetStrategy
@@ -34,14 +34,6 @@ class DartsOptions(SupernetOptions):
     skip_patience: int = Field(3, ge=1, description="epochs in a row the skip weight must grow before the search stops")
     skip_stop_weight: float = Field(0.5, gt=0, le=1, description="mean skip weight above which growth stops the search")
     early_stop: bool = Field(True, description="stop on the growth of skip weights (skip_patience, skip_stop_weight)")
-
-    @field_validator("arch_split")
-    @classmethod
-    def _both_sides(cls, share: float) -> float:
-        if not 0 < share < 1:
-            side = "weights" if share >= 1 else "architecture parameters"
-            raise ValueError(f"arch_split {share:g} leaves no training images for the {side}; use a share strictly between 0 and 1")
-        return share
 
 
 def softmax_weights(alphas: list[torch.Tensor]) -> list[list[float]]:
