@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from ...hookspecs import hookimpl
 from ...plugin_api import DerivedArch, Genome, SupernetContext, SupernetOptions, SupernetStrategy
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINT = "darts.pt"
 
@@ -36,7 +38,9 @@ class DartsOptions(SupernetOptions):
     early_stop: bool = Field(True, description="stop on the growth of skip weights (skip_patience, skip_stop_weight)")
 
 
-def softmax_weights(alphas: list[torch.Tensor]) -> list[list[float]]:
+def softmax_weights(alphas: list["torch.Tensor"]) -> list[list[float]]:
+    import torch.nn.functional as F
+
     return [F.softmax(a.detach().float().cpu(), 0).tolist() for a in alphas]
 
 
@@ -80,6 +84,9 @@ class Darts(SupernetStrategy):
     Options = DartsOptions
 
     def run(self, ctx: SupernetContext) -> list[DerivedArch]:
+        # torch is imported here, not above: every command loads every plugin (see README).
+        import torch
+
         from ...supernet import SupernetModel
         from ...train_device import resolve_device
 
@@ -129,6 +136,9 @@ class Darts(SupernetStrategy):
 
     def _epoch(self, model, alphas, w_opt, a_opt, ctx, gen, device, batch, steps) -> tuple[float, float]:
         """One pass: per batch an architecture step on the arch split, then a weight step on the weight split."""
+        import torch
+        import torch.nn.functional as F
+
         from ...train import to_device
 
         data, labels = ctx.dataset, ctx.dataset.train_y
@@ -157,6 +167,9 @@ class Darts(SupernetStrategy):
         """What an epoch logs: losses, the supernet's validation accuracy under the current mix, the
         mean entropy of the layers' distributions, the skip weight, and per layer each candidate's
         weight and the current choice."""
+        import torch
+        import torch.nn.functional as F
+
         from ...train import evaluate
 
         mix = [F.softmax(a.detach(), 0) for a in alphas]
@@ -207,6 +220,8 @@ class Darts(SupernetStrategy):
     def _save(path: Path, model, alphas, w_opt, a_opt, gen, state) -> None:
         """The whole search state after a finished epoch, written atomically (an interrupt mid-write
         leaves the previous epoch's file)."""
+        import torch
+
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"model": model.state_dict(), "alphas": [a.detach() for a in alphas], "w_opt": w_opt.state_dict(),
