@@ -276,6 +276,12 @@ def test_spec_refuses_darts_on_a_space_without_supernet(tmp_path):
         parse_spec(darts_spec(tmp_path, space=mnasnet))
 
 
+def test_spec_refuses_a_warm_start_for_a_supernet_strategy(tmp_path):
+    text = darts_spec(tmp_path).replace("search: {strategy: darts,", "search: {warm_start: {enabled: true}, strategy: darts,")
+    with pytest.raises(SpecError, match="search.warm_start.enabled: 'darts' trains a supernet and takes no earlier candidates"):
+        parse_spec(text)
+
+
 @pytest.mark.parametrize("share, side", [(1.0, "weights"), (0.0, "architecture parameters")])
 def test_arch_split_leaving_a_side_empty_is_one_message(tmp_path, share, side):
     with pytest.raises(SpecError) as info:
