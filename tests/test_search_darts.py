@@ -306,3 +306,69 @@ def test_plugins_command_shows_each_strategys_protocol():
     protocol = {line.split()[1]: line.split()[-1] for line in out.splitlines() if line.startswith("search ")}
     assert protocol["darts"] == "supernet"
     assert protocol["evolution"] == "ask/tell" and protocol["random"] == "ask/tell"
+
+
+# ------------------------------------------------------------------ the second-order step
+
+
+def test_second_order_step_is_the_hypergradient_and_differs_from_first_order():
+    """On a toy supernet in float64, the unrolled gradient matches central differences of
+    f(alpha) = L_val(w - xi * grad_w L_train(w, alpha), alpha), and is not the first-order one."""
+    import torch.nn.functional as F
+
+    from nasflow.plugins.search.darts import second_order_arch_grads
+    from nasflow.supernet import SupernetModel
+
+    space = ChainSpace([["conv_k3_c4_s1", "ir_k3_e2_c4_s1", "skip_c4"], ["conv_k3_c4_s1", "skip_c4"]], size=4, channels=4)
+    torch.manual_seed(0)
+    model = SupernetModel(space.supernet(), 1, 2).double().train()
+    alphas = [torch.randn(3, dtype=torch.float64, requires_grad=True), torch.randn(2, dtype=torch.float64, requires_grad=True)]
+    gen = torch.Generator().manual_seed(1)
+    train = (torch.randn(8, 1, 4, 4, generator=gen, dtype=torch.float64), torch.randint(0, 2, (8,), generator=gen))
+    val = (torch.randn(8, 1, 4, 4, generator=gen, dtype=torch.float64), torch.randint(0, 2, (8,), generator=gen))
+    xi = 0.5
+    params = model.weight_parameters()
+    w0 = [p.detach().clone() for p in params]
+
+    def unrolled_val_loss(alpha_values) -> float:
+        mix = [F.softmax(a, 0) for a in alpha_values]
+        grads = torch.autograd.grad(F.cross_entropy(model(train[0], mix), train[1]), params, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                if g is not None:
+                    p.sub_(xi * g)
+            value = float(F.cross_entropy(model(val[0], mix), val[1]))
+            for p, w in zip(params, w0):
+                p.copy_(w)
+        return value
+
+    # A small radius for the finite-difference Hessian-vector product: the paper's 0.01 / |v| is
+    # coarse on a net this small (batch-8 BatchNorm on 4x4 maps bends the loss sharply).
+    loss, second = second_order_arch_grads(model, alphas, train, val, xi, radius=1e-4)
+    assert all(torch.equal(p, w) for p, w in zip(params, w0))  # weights left as found
+    assert loss.item() == pytest.approx(unrolled_val_loss(alphas), rel=1e-12)
+    h = 1e-6
+    for k, g in enumerate(second):
+        for i in range(len(g)):
+            plus, minus = [x.detach().clone() for x in alphas], [x.detach().clone() for x in alphas]
+            plus[k][i] += h
+            minus[k][i] -= h
+            numeric = (unrolled_val_loss(plus) - unrolled_val_loss(minus)) / (2 * h)
+            assert g[i].item() == pytest.approx(numeric, rel=1e-3, abs=1e-6)
+    first = torch.autograd.grad(F.cross_entropy(model(val[0], [F.softmax(a, 0) for a in alphas]), val[1]), alphas)
+    assert max(float((f - s).abs().max()) for f, s in zip(first, second)) > 1e-3
+    # The strategy's step (the paper's radius) is the same kind of number, not the first-order one.
+    _, paper = second_order_arch_grads(model, alphas, train, val, xi)
+    assert max(float((f - s).abs().max()) for f, s in zip(first, paper)) > 1e-3
+
+
+def test_second_order_search_runs_and_learns_other_weights_than_first_order(tmp_path):
+    x, y = sign_pairs(200, 16, gap=6, seed=2)
+    data = dataset(x, y, n_val=40)
+    space = ChainSpace([["ir_k3_e2_c8_s1", "ir_k5_e2_c8_s1"], ["ir_k3_e1_c8_s1", "skip_c8"]], size=16)
+    logged = {}
+    darts(space, epochs=2, arch_lr=0.05).run(context(space, data, tmp_path / "one", lambda s, m: logged.update({1: m})))
+    second = darts(space, epochs=2, arch_lr=0.05, order=2).run(
+        context(space, data, tmp_path / "two", lambda s, m: logged.update({2: m})))[0]
+    assert second.extra["supernet_epochs"] == 2
+    assert logged[1]["weight.layer0.ir_k3_e2_c8_s1"] != logged[2]["weight.layer0.ir_k3_e2_c8_s1"]

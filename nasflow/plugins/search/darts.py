@@ -1,4 +1,4 @@
-"""`darts` search strategy: DARTS (Liu et al. 2019, arXiv:1806.09055), first order, over a space's supernet.
+"""`darts` search strategy: DARTS (Liu et al. 2019, arXiv:1806.09055), first or second order, over a space's supernet.
 
 Every searchable layer mixes its candidates with softmax(alpha); the weights train with SGD on the
 weight split, the architecture parameters (alpha) with Adam on the architecture split, one step of
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
@@ -26,6 +26,7 @@ CHECKPOINT = "darts.pt"
 
 class DartsOptions(SupernetOptions):
     epochs: int = Field(10, ge=1, description="supernet training epochs")
+    order: Literal[1, 2] = Field(1, description="1: first-order DARTS; 2: the unrolled second-order architecture step")
     w_lr: float | None = Field(None, gt=0, description="SGD learning rate of the weights (cosine-annealed); default train.config.lr")
     w_momentum: float = Field(0.9, ge=0, lt=1)
     w_weight_decay: float = Field(3e-4, ge=0)
@@ -76,11 +77,62 @@ def derive(weights: list[list[float]], skip_index: list[int | None], max_skips: 
     return choice, len(skipped) - max_skips
 
 
+def second_order_arch_grads(model, alphas, train_batch, val_batch, xi: float, radius: float = 0.01):
+    """DARTS' second-order architecture gradient (eq. 7-8 of the paper): the gradient in alpha of
+    L_val(w', alpha) with w' = w - xi * grad_w L_train(w, alpha), one virtual SGD step, i.e.
+    grad_alpha L_val(w', alpha) - xi * H v, with H v (v = grad_w' L_val(w', alpha)) the mixed
+    second derivative of L_train times v by central differences at w +- eps * v, eps = radius / |v|
+    (the paper's 0.01 by default). Returns
+    (L_val(w', alpha), gradient per alpha). The weights and BatchNorm buffers are left as found."""
+    import torch
+    import torch.nn.functional as F
+
+    params = [p for p in model.weight_parameters() if p.requires_grad]
+    weights = lambda detach: [F.softmax(a.detach() if detach else a, 0) for a in alphas]  # noqa: E731
+    saved = [p.detach().clone() for p in params]
+    buffers = [b.detach().clone() for b in model.buffers()]  # the extra passes must not move BN statistics
+
+    def loss_on(batch, detach):
+        x, y = batch
+        return F.cross_entropy(model(x, weights(detach)), y)
+
+    def shift(scale: float, direction) -> None:
+        with torch.no_grad():
+            for p, w0, d in zip(params, saved, direction):
+                p.copy_(w0 + scale * d if d is not None else w0)
+
+    try:
+        grad_w = torch.autograd.grad(loss_on(train_batch, True), params, allow_unused=True)
+        shift(-xi, grad_w)
+        val_loss = loss_on(val_batch, False)
+        grads = torch.autograd.grad(val_loss, list(alphas) + params, allow_unused=True)
+        d_alpha, v = grads[: len(alphas)], grads[len(alphas) :]
+        norm = torch.sqrt(sum((g.detach() ** 2).sum() for g in v if g is not None))
+        eps = radius / float(norm) if float(norm) > 0 else 0.0
+        if eps == 0.0:  # the validation loss does not depend on the weights: no second-order term
+            hvp = [torch.zeros_like(a) for a in alphas]
+        else:
+            shift(eps, v)
+            plus = torch.autograd.grad(loss_on(train_batch, False), alphas)
+            shift(-eps, v)
+            minus = torch.autograd.grad(loss_on(train_batch, False), alphas)
+            hvp = [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
+        result = [
+            (d if d is not None else torch.zeros_like(a)) - xi * h for a, d, h in zip(alphas, d_alpha, hvp)
+        ]
+    finally:
+        shift(0.0, [None] * len(params))
+        with torch.no_grad():
+            for b, b0 in zip(model.buffers(), buffers):
+                b.copy_(b0)
+    return val_loss.detach(), [g.detach() for g in result]
+
+
 class Darts(SupernetStrategy):
-    """DARTS, first order: softmax relaxation per layer, bilevel SGD (weights) / Adam (architecture)."""
+    """DARTS: softmax relaxation per layer, bilevel SGD (weights) / Adam (architecture), first or second order."""
 
     name = "darts"
-    description = "DARTS (first order): softmax-mixed supernet, weights by SGD, architecture by Adam, skip-collapse guard"
+    description = "DARTS (first or second order): softmax-mixed supernet, weights by SGD, architecture by Adam, skip-collapse guard"
     Options = DartsOptions
 
     def run(self, ctx: SupernetContext) -> list[DerivedArch]:
@@ -149,12 +201,18 @@ class Darts(SupernetStrategy):
         for step in range(steps):
             part = slice(step * batch, (step + 1) * batch)
             xa, ya = to_device(data.batch("train", a_order[part]), device), to_device(labels[a_order[part]], device)
+            xw, yw = to_device(data.batch("train", w_order[part]), device), to_device(labels[w_order[part]], device)
             a_opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xa, [F.softmax(a, 0) for a in alphas]), ya)
-            loss.backward()
+            if self.options.order == 2:
+                xi = w_opt.param_groups[0]["lr"]  # the virtual step takes the weights' own step size
+                loss, grads = second_order_arch_grads(model, alphas, (xw, yw), (xa, ya), xi)
+                for a, g in zip(alphas, grads):
+                    a.grad = g
+            else:
+                loss = F.cross_entropy(model(xa, [F.softmax(a, 0) for a in alphas]), ya)
+                loss.backward()
             a_opt.step()
             a_losses.append(loss.detach())
-            xw, yw = to_device(data.batch("train", w_order[part]), device), to_device(labels[w_order[part]], device)
             w_opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xw, [F.softmax(a.detach(), 0) for a in alphas]), yw)
             loss.backward()
