@@ -126,8 +126,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from .output_formats import format_table
 
     plugins = get_plugins()
-    rows = [(p.kind, p.name, p.package, p.version, p.description) for p in plugins.list()]
-    print(format_table(["kind", "name", "package", "version", "description"], rows))
+    # Search strategies say which protocol drives them (ask/tell or supernet); other kinds have none.
+    rows = [
+        (p.kind, p.name, p.package, p.version, p.description, getattr(p.cls, "protocol", "") if p.kind == "search" else "")
+        for p in plugins.list()
+    ]
+    print(format_table(["kind", "name", "package", "version", "description", "protocol"], rows))
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .plugin_api import Compressor, DeviceBackend, SearchSpace, SearchStrategy
+from .plugin_api import Compressor, DeviceBackend, SearchSpace, SearchStrategy, SupernetStrategy
 
 PROJECT = "nasflow"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -17,10 +17,11 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def nasflow_search_strategies() -> list[type[SearchStrategy]]:
+def nasflow_search_strategies() -> list[type[SearchStrategy | SupernetStrategy]]:
     """Called once when the plugin manager is built.
 
-    Return the SearchStrategy subclasses this plugin provides. Each class needs a unique ``name``
+    Return the SearchStrategy (ask/tell) or SupernetStrategy (one-shot) subclasses this plugin
+    provides. Each class needs a unique ``name``
     (the value of ``search.strategy`` in a spec) and may define an ``Options`` pydantic model,
     which validates ``search.options`` when the spec is validated.
     """

@@ -8,14 +8,16 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator
 
 from .errors import ArchError, DeviceError
 from .strict import StrictModel
 
 if TYPE_CHECKING:  # heavy imports only for type checkers
+    import numpy as np
     import torch
 
     from .config import TrainConfig
@@ -236,10 +238,15 @@ class CandidateResult:
         return (self.genome, self.score)[index]
 
 
-class SearchStrategy(Plugin):
-    """Ask/tell search: propose genomes, receive their results (scores: higher is better, None = failed)."""
+class Strategy(Plugin):
+    """What both search protocols share: the `search` kind, the space and a seed, and what the
+    spec checks ask of a strategy before the run. Subclass `SearchStrategy` (ask/tell) or
+    `SupernetStrategy` (one-shot), never this class directly."""
 
     kind = "search"
+
+    protocol: ClassVar[str] = ""
+    """`ask/tell` or `supernet`: how the search stage drives the strategy (`nasflow plugins` shows it)."""
 
     needs_supernet: ClassVar[bool] = False
     """True for one-shot strategies that train `space.supernet()`; refused on spaces without one."""
@@ -256,7 +263,20 @@ class SearchStrategy(Plugin):
     def __init__(self, options: BaseModel | None, space: "SearchSpace", seed: int):
         super().__init__(options)
         self.space = space
+        self.seed = seed
         self.rng = random.Random(seed)
+
+    @classmethod
+    def minimum_budget(cls, options: BaseModel) -> int:
+        """The smallest `search.budget` this strategy can work with (its first population, say);
+        a smaller budget is refused at validation, naming this number."""
+        return 1
+
+
+class SearchStrategy(Strategy):
+    """Ask/tell search: propose genomes, receive their results (scores: higher is better, None = failed)."""
+
+    protocol = "ask/tell"
 
     @abstractmethod
     def ask(self, n: int) -> list[Genome]:
@@ -277,12 +297,6 @@ class SearchStrategy(Plugin):
         `tell` must match its asks overrides this."""
         self.tell(results)
 
-    @classmethod
-    def minimum_budget(cls, options: BaseModel) -> int:
-        """The smallest `search.budget` this strategy can work with (its first population, say);
-        a smaller budget is refused at validation, naming this number."""
-        return 1
-
     def state_dict(self) -> dict[str, Any] | None:
         """The strategy's state as JSON-able data, for a strategy that a replay cannot rebuild
         (one that reads the clock or an unseeded generator). The search saves it after every
@@ -299,6 +313,73 @@ class SearchStrategy(Plugin):
         """Numbers that show how the strategy stands after the last `tell` (a policy's entropy,
         its mean reward); the search records them per step in the registry's `search_log`."""
         return {}
+
+
+class SupernetOptions(PluginOptions):
+    """Options every supernet strategy has; a strategy's own `Options` extends this model."""
+
+    arch_split: float = Field(
+        0.5, description="share of the training split that trains the architecture parameters; the rest trains the weights",
+    )
+
+    @field_validator("arch_split")
+    @classmethod
+    def _both_sides(cls, share: float) -> float:
+        if not 0 < share < 1:
+            side = "weights" if share >= 1 else "architecture parameters"
+            raise ValueError(f"arch_split {share:g} leaves no training images for the {side}; use a share strictly between 0 and 1")
+        return share
+
+
+@dataclass
+class SupernetContext:
+    """What the search stage hands a supernet strategy's `run`.
+
+    The weight and architecture splits are positions within the dataset's training split
+    (`dataset.batch("train", positions)`), disjoint and seeded; the validation split is the
+    flow's, for the derived architectures' accuracy. The strategy trains on `device` (an
+    `execution.device` value: resolve it with `nasflow.train_device.resolve_device`).
+    """
+
+    supernet: Supernet
+    dataset: "Dataset"
+    weight_split: "np.ndarray"
+    arch_split: "np.ndarray"
+    train_config: "TrainConfig"
+    device: str
+    amp: bool
+    checkpoint_dir: Path
+    """Where the strategy saves its state every epoch and finds it again on a resumed run."""
+    log: Callable[[int, dict[str, float]], None]
+    """`log(epoch, {metric: value})`: one registry `search_log` row per metric; an epoch a resumed
+    run trains again keeps the rows it logged the first time."""
+    progress: Callable[[int, int, str], None] | None = None
+    """`progress(epoch, epochs, note)` after each finished epoch, for the progress bar."""
+
+
+@dataclass
+class DerivedArch:
+    """An architecture a supernet strategy derived: its genome and the network as the supernet
+    trained it (an `ArchNet` of `space.to_arch(genome)` holding the supernet's weights)."""
+
+    genome: Genome
+    model: "torch.nn.Module"
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Facts the strategy wants recorded with the candidate (`candidates.extra`)."""
+
+
+class SupernetStrategy(Strategy):
+    """One-shot search: owns a training loop over `space.supernet()` and returns the architectures
+    it derives; the search stage then measures each on every device and records it."""
+
+    protocol = "supernet"
+    needs_supernet = True
+    Options: ClassVar[type[BaseModel]] = SupernetOptions
+
+    @abstractmethod
+    def run(self, ctx: SupernetContext) -> list[DerivedArch]:
+        """Train the supernet (resuming from `ctx.checkpoint_dir` when it holds a finished epoch)
+        and return the derived architectures, best first."""
 
 
 # ---------------------------------------------------------------- compressors

@@ -312,6 +312,11 @@ def _strategy_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list
             f"{at('search', 'strategy')}: search.strategy: {name!r} searches for a Pareto front and needs "
             "objectives.pareto (e.g. [accuracy, latency])"
         )
+    if strategy.protocol == "supernet" and spec.search.warm_start.enabled:
+        messages.append(
+            f"{at('search', 'warm_start', 'enabled')}: search.warm_start.enabled: {name!r} trains a supernet and "
+            "takes no earlier candidates as seeds; turn warm_start off or use an ask/tell strategy"
+        )
     minimum = strategy.minimum_budget(plugins.options("search", name, spec.search.options))
     if spec.search.enabled and spec.search.budget < minimum:
         messages.append(

@@ -475,7 +475,7 @@ def test_the_same_spec_then_finishes_without_duplicates(interrupted):
 def test_a_failing_device_fails_the_candidate_only_when_it_drives_the_objective(tmp_path):
     from nasflow.flows.context import RunContext
     from nasflow.flows.evaluate import make_devices, measure_everywhere, model_for
-    from nasflow.flows.search import _candidate_row
+    from nasflow.flows.search import candidate_row
     from nasflow.spaces import make_space
 
     from test_pipeline import FlakyDevice
@@ -488,10 +488,10 @@ def test_a_failing_device_fails_the_candidate_only_when_it_drives_the_objective(
     measured, failures = measure_everywhere(devices, model_for(arch, spec.dataset), (1, 1, 8, 8))
     assert [m.device for m in measured] == ["torch-cpu"] and failures == {"flaky": "flaky: lost the connection"}
     trained = {"error": None, "accuracy": 0.5, "val_loss": 1.0, "train_epochs": 1, "train_seconds": 0.1}
-    row = _candidate_row(RunContext("r", spec), arch, genome, trained, measured, failures)
+    row = candidate_row(RunContext("r", spec), arch, genome, trained, measured, failures)
     assert row["status"] == "ok" and row["score"] is not None
     flaky_objective = spec.model_copy(update={"objectives": spec.objectives.model_copy(update={"device": "flaky"})})
-    row = _candidate_row(RunContext("r", flaky_objective), arch, genome, trained, measured, failures)
+    row = candidate_row(RunContext("r", flaky_objective), arch, genome, trained, measured, failures)
     assert row["status"] == "failed" and row["error"] == "flaky: lost the connection"
 
 

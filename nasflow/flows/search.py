@@ -18,7 +18,7 @@ from prefect import flow
 from ..data import Dataset, load_dataset
 from ..errors import SpecError
 from ..objectives import score
-from ..plugin_api import DeviceBackend, Genome, SearchSpace, SearchStrategy
+from ..plugin_api import DeviceBackend, Genome, SearchSpace, SearchStrategy, SupernetStrategy
 from ..plugins import get_plugins
 from ..progress import reporter
 from ..space import Arch, arch_hash, format_arch
@@ -41,18 +41,24 @@ STALL_PROPOSALS = 200
 CAP_REFUSE_BELOW, CAP_WARN_BELOW = 2 / 3, 1.1
 
 
-def _candidate_row(
-    ctx: RunContext, arch: Arch, genome: Genome, trained: dict, measured, failures: dict[str, str]
+def candidate_row(
+    ctx: RunContext, arch: Arch, genome: Genome, trained: dict, measured, failures: dict[str, str],
+    accuracy_source: str = "proxy", extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The `search` row of one evaluated architecture: `trained` holds its accuracy (`proxy`
+    training, or the `supernet`'s weights), `measured` its latencies; `extra` what the strategy
+    adds to the genome (the proxy settings by default)."""
     spec = ctx.spec
     h = arch_hash(arch)
+    if extra is None:
+        extra = {"proxy_epochs": spec.search.proxy.epochs, "proxy_subset": spec.search.proxy.subset}
     row: dict[str, Any] = {
         "candidate_id": candidate_id(ctx.run_id, STAGE, h),
         "run_id": ctx.run_id,
         "stage": STAGE,
         "arch": format_arch(arch),
         "arch_hash": h,
-        "extra": {"genome": list(genome), "proxy_epochs": spec.search.proxy.epochs, "proxy_subset": spec.search.proxy.subset},
+        "extra": {"genome": list(genome), **extra},
         **arch_costs(arch, spec.dataset),
     }
     # Another device failing leaves its own failed measurement row; only the objective's decides.
@@ -64,7 +70,7 @@ def _candidate_row(
     row.update(
         status="ok",
         accuracy=trained["accuracy"],
-        accuracy_source="proxy",
+        accuracy_source=accuracy_source,
         val_loss=trained["val_loss"],
         train_epochs=trained["train_epochs"],
         train_seconds=trained["train_seconds"],
@@ -238,6 +244,10 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     notes = latency_goal_warnings(spec, space, devices, latency_models, data)
     for note in notes:
         _warn(note)
+    if isinstance(strategy, SupernetStrategy):  # one-shot: the strategy owns the loop, the flow records
+        from .supernet_search import supernet_search
+
+        return supernet_search(ctx, strategy, space, data, devices, latency_models, notes)
     stored = {row["arch_hash"]: row for row in registry.get_candidates(ctx.run_id, stage=STAGE)}
     # Measurement rows per candidate id: what each told result's latencies and energy come from.
     measured_rows: dict[str, list[dict]] = {}
@@ -299,7 +309,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
             for arch, result in zip(todo, trained):
                 h = arch_hash(arch)
                 ms, failures = measured[h]
-                row = retried(_candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
+                row = retried(candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
                 if h in seed_from:
                     row["extra"]["seeded_from"] = seed_from[h]
                 rows.append(row)

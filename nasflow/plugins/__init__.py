@@ -23,6 +23,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.search.mnasnet_rl",
     "nasflow.plugins.search.nsga2",
     "nasflow.plugins.search.optuna_search",
+    "nasflow.plugins.search.darts",
     "nasflow.plugins.devices.torch_cpu",
     "nasflow.plugins.devices.onnxruntime_cpu",
     "nasflow.plugins.devices.cuda",
@@ -72,7 +73,7 @@ class PluginRegistry:
                 self._collect(kind, impl, package, version)
 
     def _collect(self, kind: str, impl: Any, package: str, version: str) -> None:
-        base = {"search": "SearchStrategy", "device": "DeviceBackend", "compressor": "Compressor", "space": "SearchSpace"}[kind]
+        base = {"search": "SearchStrategy or SupernetStrategy", "device": "DeviceBackend", "compressor": "Compressor", "space": "SearchSpace"}[kind]
         try:
             classes = list(impl.function() or [])
         except Exception as exc:  # a broken plugin must never take the host down
