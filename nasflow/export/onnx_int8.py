@@ -9,6 +9,7 @@ ONNX loads it; input and output stay float32.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import threading
@@ -63,6 +64,9 @@ def export_onnx_int8(
     with _QUANTIZE_LOCK, tempfile.TemporaryDirectory(prefix="nasflow-onnx-int8-") as tmp:
         src, out = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         src.write_bytes(data)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static advises "pre-processing" on the root logger at every call
         try:
             quantize_static(
                 str(src), str(out), _reader(calibration), quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -71,5 +75,7 @@ def export_onnx_int8(
         except Exception as exc:
             text = " ".join(str(exc).split()) or type(exc).__name__
             raise ExportError(f"onnx-int8: static quantization of {type(model).__name__} failed: {text}") from exc
+        finally:
+            root.setLevel(level)
         write_atomically(Path(path), out.read_bytes(), "int8 ONNX model")
     return Path(path)

@@ -297,7 +297,7 @@ class LiteRTDevice(DeviceBackend):
     name = "litert"
     description = "LiteRT (TFLite) CPU interpreter with XNNPACK, models converted with litert-torch"
     Options = LiteRTOptions
-    artifact_formats = ("tflite",)
+    artifact_formats = ("tflite", "tflite-int8")  # float32 and full-integer files run on the same interpreter
 
     @classmethod
     def unavailable_reason(cls, options=None) -> str | None:
@@ -351,7 +351,7 @@ class LiteRTDevice(DeviceBackend):
         shape = tuple(int(n) for n in input_shape)
         stats, details = self._time(Path(path), shape)
         extra = {"input_shape": list(shape), "artifact": str(path), "sha256": sha256_file(path), **details}
-        return self._measurement(stats, shape[0], extra)
+        return self._measurement(stats, shape[0], extra, fmt)
 
     def interpreter(self, path: str | os.PathLike):
         """A LiteRT interpreter on `path` with this device's threads and XNNPACK setting, tensors allocated."""
@@ -373,13 +373,13 @@ class LiteRTDevice(DeviceBackend):
         """Time `invoke()` on one fixed random input; the model's input must hold as many values as `shape`."""
         return time_interpreter(self.interpreter(path), path, shape, self.options, self.name)
 
-    def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
+    def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any], fmt: str = "tflite") -> Measurement:
         rt = _runtime()
         delegate = "XNNPACK" if self.options.xnnpack else "built-in kernels"
         return self.make_measurement(
             stats,
             runtime=f"{rt.package} {rt.version} ({delegate})",
-            artifact_format="tflite",
+            artifact_format=fmt,
             threads=self.options.threads,
             batch_size=batch,
             extra=extra,
