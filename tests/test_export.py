@@ -101,7 +101,7 @@ def test_differences_measure_the_worst_input_by_absolute_and_cosine_distance():
     from nasflow.export.verify import differences
 
     a = np.array([[1.0, 2.0], [3.0, -1.0]])
-    assert differences(a, a.copy()) == (0.0, 0.0)
+    assert differences(a, a.copy()) == (0.0, pytest.approx(0.0, abs=1e-12))
     max_abs, cosine = differences(a, np.array([[1.0, 2.0], [-3.0, 1.0]]))  # second row reversed
     assert max_abs == 6.0 and cosine == pytest.approx(2.0)
     assert differences(np.zeros((1, 2)), np.zeros((1, 2))) == (0.0, 0.0)
