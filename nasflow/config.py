@@ -231,12 +231,33 @@ class MorphConfig(Section):
 
 class DeployConfig(Section):
     enabled: bool = True
-    formats: list[Literal["onnx", "tflite"]] = Field(
-        default_factory=lambda: ["onnx"], min_length=1, description="onnx; tflite (float32, needs the litert packages)"
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx"],
+        min_length=1,
+        description="registered exporters (`nasflow plugins`): onnx, onnx-int8, tflite, tflite-int8",
+    )
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per format, its exporter's options (e.g. onnx-int8: {calibration_images: 256})"
     )
     out_dir: Path = Path("deploy")
     opset: int = Field(17, ge=11)
-    atol: float = Field(1e-4, gt=0, description="max abs difference allowed between PyTorch and the artifact")
+    atol: float = Field(
+        1e-4, gt=0, description="max abs and cosine difference allowed between PyTorch and a float32 artifact"
+    )
+    max_accuracy_drop: float = Field(
+        0.01, ge=0, le=1, description="test accuracy an int8 artifact may lose against the float32 model (0.01: 1 point)"
+    )
+    check_inputs: int = Field(16, ge=1, description="held-out validation images whose outputs are compared with PyTorch's")
+
+    @model_validator(mode="after")
+    def _formats_once_and_options_used(self) -> "DeployConfig":
+        repeated = sorted({f for f in self.formats if self.formats.count(f) > 1})
+        if repeated:
+            raise ValueError(f"deploy.formats lists {', '.join(repeated)} more than once")
+        unused = sorted(set(self.options) - set(self.formats))
+        if unused:
+            raise ValueError(f"deploy.options has options for {', '.join(unused)}, which deploy.formats does not list")
+        return self
     top_k: int = Field(1, ge=1)
 
 

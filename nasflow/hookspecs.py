@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pluggy
 
-from .plugin_api import Compressor, DeviceBackend, SearchSpace, SearchStrategy, SupernetStrategy
+from .plugin_api import Compressor, DeviceBackend, Exporter, SearchSpace, SearchStrategy, SupernetStrategy
 
 PROJECT = "nasflow"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -56,10 +56,21 @@ def nasflow_search_spaces() -> list[type[SearchSpace]]:
     """
 
 
+@hookspec
+def nasflow_exporters() -> list[type[Exporter]]:
+    """Called once when the plugin manager is built.
+
+    Return the Exporter subclasses this plugin provides. Each class needs a unique ``name`` (a
+    value of ``deploy.formats``), a file ``suffix``, ``export`` and ``runner``; its ``Options``
+    model validates ``deploy.options.<name>``.
+    """
+
+
 KIND_HOOKS = {
     "search": "nasflow_search_strategies",
     "device": "nasflow_devices",
     "compressor": "nasflow_compressors",
     "space": "nasflow_search_spaces",
+    "exporter": "nasflow_exporters",
 }
 """Plugin kind -> the hook that lists plugins of that kind."""

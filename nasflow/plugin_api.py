@@ -52,6 +52,83 @@ class Plugin(ABC):
         self.options = options if options is not None else self.Options()
 
 
+# ---------------------------------------------------------------- exporters
+
+
+@dataclass(frozen=True)
+class CheckInputs:
+    """What an artifact is verified on: held-out inputs compared output by output, the test split
+    scored, and the limits of the verdict (`deploy.atol`, `deploy.max_accuracy_drop`)."""
+
+    held_out: "np.ndarray"
+    test_images: "np.ndarray"
+    test_labels: "np.ndarray"
+    atol: float
+    max_accuracy_drop: float
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    """The numbers verifying an artifact produced, and its verdict (`failure` says why it failed)."""
+
+    max_abs_err: float
+    cosine_diff: float  # largest 1 - cosine similarity of an input's outputs
+    tolerance: float
+    accuracy: float  # the artifact itself on the test split
+    reference_accuracy: float  # the PyTorch float32 model on the same images
+    top1_agreement: float  # share of test images whose top-1 class the two agree on
+    max_accuracy_drop: float
+    passed: bool
+    failure: str | None = None
+
+
+class Exporter(Plugin):
+    """Writes a model in one deployable format and says how far the file is from the PyTorch model.
+
+    A subclass names its format (`name`, the value in `deploy.formats`), its file `suffix`,
+    whether it is `quantized` (then it gets real training images to calibrate on and is judged
+    by its accuracy drop rather than by its output difference), and implements `export` and
+    `runner`; `verify` is shared. Devices list the formats they time in `artifact_formats`.
+    """
+
+    kind = "exporter"
+    suffix: ClassVar[str]
+    quantized: ClassVar[bool] = False
+
+    def __init__(self, options: BaseModel | None = None, opset: int = 17):
+        super().__init__(options)
+        self.opset = opset  # `deploy.opset`, for the formats built on ONNX
+
+    @classmethod
+    def unavailable_reason(cls, options: BaseModel | None = None) -> str | None:
+        """None when this format can be written and run here; otherwise what is missing."""
+        return None
+
+    @property
+    def calibration_images(self) -> int:
+        """How many training images `export` calibrates on (0: it needs none)."""
+        return int(getattr(self.options, "calibration_images", 0)) if self.quantized else 0
+
+    def settings(self) -> dict[str, Any]:
+        """What goes into the file besides the weights: part of the artifact's identity."""
+        return self.options.model_dump(mode="json")
+
+    @abstractmethod
+    def export(self, model: "torch.nn.Module", example: "np.ndarray", path: Path, calibration: "np.ndarray | None") -> Path:
+        """Write `model` (traced on `example`, one batch-1 input) at `path`; `calibration` holds
+        training images when `quantized`. Returns the path written."""
+
+    @abstractmethod
+    def runner(self, path: Path) -> "Callable[[np.ndarray], np.ndarray]":
+        """A function running the file at `path` by its own runtime: float32 batch in, float32 logits out."""
+
+    def verify(self, model: "torch.nn.Module", path: Path, inputs: CheckInputs) -> ArtifactCheck:
+        """Compare the file with `model` on `inputs`; the verdict follows the format's kind."""
+        from .export.verify import check_artifact
+
+        return check_artifact(model, self.runner(path), inputs, self.quantized)
+
+
 # ---------------------------------------------------------------- devices
 
 

@@ -116,15 +116,21 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("artifact_id", "VARCHAR", "Identifier of the artifact."),
         ("candidate_id", "VARCHAR", "Candidate exported (`candidates.candidate_id`)."),
         ("run_id", "VARCHAR", "Run that exported it (`runs.run_id`)."),
-        ("format", "VARCHAR", "Export format (`deploy.formats`: `onnx`, `tflite`)."),
+        ("format", "VARCHAR", "Export format (`deploy.formats`: `onnx`, `onnx-int8`, `tflite`, `tflite-int8`, or a plugin's)."),
         ("path", "VARCHAR", "Where the file was written."),
         ("sha256", "VARCHAR", "SHA-256 of the file."),
         ("size_bytes", "BIGINT", "File size in bytes."),
         ("max_abs_err", "DOUBLE", "Largest absolute difference from PyTorch's outputs on the check inputs."),
         ("tolerance", "DOUBLE", "Largest difference accepted."),
-        ("verified", "BOOLEAN", "Whether `max_abs_err` was within `tolerance`."),
+        ("verified", "BOOLEAN", "Verdict: float32 formats, `max_abs_err` and `cosine_diff` within `tolerance`; int8 formats, `reference_accuracy - accuracy` within `max_accuracy_drop`."),
         ("created_at", "TIMESTAMP", "When the row was recorded (UTC)."),
         ("accuracy", "DOUBLE", "Accuracy of the artifact itself on the test split, 0 to 1 (NULL where not evaluated)."),
+        ("cosine_diff", "DOUBLE", "Largest 1 - cosine similarity of the artifact's and PyTorch's outputs on the check inputs."),
+        ("reference_accuracy", "DOUBLE", "Accuracy of the float32 PyTorch model on the same test images, 0 to 1."),
+        ("top1_agreement", "DOUBLE", "Share of test images on which the artifact and PyTorch pick the same class."),
+        ("max_accuracy_drop", "DOUBLE", "Largest accuracy drop accepted for an int8 format (`deploy.max_accuracy_drop`)."),
+        ("failure", "VARCHAR", "Why verification failed, with its numbers; NULL when `verified`."),
+        ("options", "JSON", "The exporter's settings (opset, calibration images, ...)."),
     ],
     "search_log": [
         ("run_id", "VARCHAR", "Run whose search logged it (`runs.run_id`)."),
@@ -328,6 +334,15 @@ CREATE TABLE search_state (
 );
 """
 
+_MIGRATION_6 = """\
+ALTER TABLE artifacts ADD COLUMN cosine_diff DOUBLE;
+ALTER TABLE artifacts ADD COLUMN reference_accuracy DOUBLE;
+ALTER TABLE artifacts ADD COLUMN top1_agreement DOUBLE;
+ALTER TABLE artifacts ADD COLUMN max_accuracy_drop DOUBLE;
+ALTER TABLE artifacts ADD COLUMN failure VARCHAR;
+ALTER TABLE artifacts ADD COLUMN options JSON;
+"""
+
 # Ordered (version, name, sql); applied once each, in order, one transaction per migration.
 MIGRATIONS: list[tuple[int, str, str]] = [
     (1, "initial schema: runs, candidates, measurements, lut, artifacts", _MIGRATION_1),
@@ -340,6 +355,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     (3, "runs.pid_started_at (a run whose process is gone is told apart from one still running)", _MIGRATION_3),
     (4, "search_log: what a search strategy reports per step (policy entropy, reward, ...)", _MIGRATION_4),
     (5, "search_state: the state of strategies that cannot be replayed, per step", _MIGRATION_5),
+    (
+        6,
+        "artifacts.cosine_diff/reference_accuracy/top1_agreement/max_accuracy_drop/failure/options (int8 verification)",
+        _MIGRATION_6,
+    ),
 ]
 
 

@@ -288,8 +288,35 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
         if reason:
             field = loc + ("name",)
             messages.append(f"{source}:{_line_for(lines, field)}: {_format_loc(field)}: device {name!r} is not usable here: {reason}")
+    messages += _exporter_messages(spec, lines, source)
     if not messages:
         messages += _space_messages(spec, lines, source) + _strategy_messages(spec, lines, source)
+    return messages
+
+
+def _exporter_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    """Every deploy format is a registered exporter with valid options that can write files here."""
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    messages = []
+    for i, fmt in enumerate(spec.deploy.formats):
+        try:
+            info = plugins.get("exporter", fmt)
+        except NasflowError as exc:
+            loc = ("deploy", "formats", i)
+            messages.append(f"{source}:{_line_for(lines, loc)}: deploy.formats: {exc}")
+            continue
+        try:
+            options = plugins.options("exporter", fmt, spec.deploy.options.get(fmt, {}))
+        except NasflowError as exc:
+            loc = ("deploy", "options", fmt)
+            messages.append(f"{source}:{_line_for(lines, loc)}: deploy.options.{fmt}: {exc}")
+            continue
+        problem = info.cls.unavailable_reason(options) if spec.deploy.enabled else None
+        if problem:
+            loc = ("deploy", "formats")
+            messages.append(f"{source}:{_line_for(lines, loc)}: deploy.formats: {fmt} cannot be written here: {problem}")
     return messages
 
 
@@ -384,13 +411,6 @@ def _environment_messages(spec: Spec, lines: dict[tuple, int], source: str) -> l
     if problem:
         loc = ("execution", "runner")
         messages.append(f"{source}:{_line_for(lines, loc)}: execution.runner: {problem}")
-    if spec.deploy.enabled and "tflite" in spec.deploy.formats:
-        from .plugins.devices.litert import LiteRTDevice
-
-        problem = LiteRTDevice.unavailable_reason()
-        if problem:
-            loc = ("deploy", "formats")
-            messages.append(f"{source}:{_line_for(lines, loc)}: deploy.formats: tflite cannot be written here: {problem}")
     return messages
 
 

@@ -137,7 +137,7 @@ def test_unavailable_reason_names_what_is_missing(fake_compiler):
 
 @needs_litert
 def test_int8_conversion_quantizes_the_model_and_stays_close_to_float(tmp_path):
-    from nasflow.plugins.devices.litert_int8 import convert_to_tflite_int8, tensor_types
+    from nasflow.export.tflite_int8 import convert_to_tflite_int8, tensor_types
 
     torch.manual_seed(0)
     model = build_model(parse_arch(ARCH), 3, 10).eval()

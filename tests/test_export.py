@@ -93,3 +93,37 @@ def test_sha256_file(tmp_path):
     path = tmp_path / "blob.bin"
     path.write_bytes(b"nasflow" * 100_000)
     assert sha256_file(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_differences_measure_the_worst_input_by_absolute_and_cosine_distance():
+    import numpy as np
+
+    from nasflow.export.verify import differences
+
+    a = np.array([[1.0, 2.0], [3.0, -1.0]])
+    assert differences(a, a.copy()) == (0.0, pytest.approx(0.0, abs=1e-12))
+    max_abs, cosine = differences(a, np.array([[1.0, 2.0], [-3.0, 1.0]]))  # second row reversed
+    assert max_abs == 6.0 and cosine == pytest.approx(2.0)
+    assert differences(np.zeros((1, 2)), np.zeros((1, 2))) == (0.0, 0.0)
+    assert differences(np.zeros((1, 2)), np.ones((1, 2)))[1] == 1.0  # zero against non-zero: orthogonal
+    assert differences(a, a[:1]) == (float("inf"), float("inf"))
+    assert differences(a, np.array([[np.nan, 2.0], [3.0, -1.0]])) == (float("inf"), float("inf"))
+
+
+def test_a_float32_artifact_outside_atol_fails_with_its_numbers(tmp_path):
+    import numpy as np
+
+    from nasflow.export.formats import OnnxExporter
+    from nasflow.plugin_api import CheckInputs
+
+    net = trained_net()
+    exporter = OnnxExporter()
+    path = exporter.export(net, np.zeros(SHAPE, np.float32), tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((40, *SHAPE[1:])).astype(np.float32), rng.integers(0, 10, 40)
+    loose = exporter.verify(net, path, CheckInputs(images[:8], images, labels, atol=1e-4, max_accuracy_drop=0.01))
+    assert loose.passed and loose.failure is None and 0 < loose.max_abs_err <= 1e-4
+    assert loose.top1_agreement == 1.0 and loose.accuracy == loose.reference_accuracy
+    strict = exporter.verify(net, path, CheckInputs(images[:8], images, labels, atol=1e-12, max_accuracy_drop=0.01))
+    assert not strict.passed and strict.max_abs_err == loose.max_abs_err
+    assert strict.failure.startswith(f"output differs from PyTorch by {strict.max_abs_err:.3g}")

@@ -126,3 +126,34 @@ def test_damaged_registry_is_found_when_a_run_opens_it(tmp_path):
         opened.verify_readable()
     assert damaged.read_bytes() == before
     assert os.path.getsize(damaged) == len(before)
+
+
+def test_a_version_5_registry_gains_the_int8_verification_columns(tmp_path):
+    """Artifacts recorded before migration 6 keep their numbers; the new columns start empty and take values."""
+    path = tmp_path / "v5.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(reg._create_schema_version_sql())
+    for version, name, sql in reg.MIGRATIONS:
+        if version > 5:
+            break
+        con.execute(sql)
+        con.execute("INSERT INTO schema_version VALUES (?, ?, ?)", [version, name, NOW])
+    con.execute(
+        "INSERT INTO artifacts (artifact_id, candidate_id, run_id, format, path, sha256, size_bytes, max_abs_err, "
+        "tolerance, verified, created_at, accuracy) VALUES ('a1', 'c', 'r1', 'onnx', '/x.onnx', 'ff', 100, 1e-6, "
+        "1e-4, true, ?, 0.9)", [NOW],
+    )
+    con.close()
+    registry = Registry(path)
+    assert [r[0] for r in registry.query("SELECT version FROM schema_version ORDER BY version")[1]][-1] == 6
+    old = registry.get_artifacts("r1")[0]
+    assert (old["max_abs_err"], old["accuracy"], old["verified"]) == (1e-6, 0.9, True)
+    assert all(old[c] is None for c in ("cosine_diff", "reference_accuracy", "top1_agreement", "failure", "options"))
+    registry.add_artifacts([{
+        "artifact_id": "a2", "candidate_id": "c", "run_id": "r1", "format": "onnx-int8", "path": "/x.int8.onnx",
+        "sha256": "ee", "size_bytes": 50, "max_abs_err": 0.3, "tolerance": 1e-4, "verified": False, "accuracy": 0.8,
+        "cosine_diff": 0.01, "reference_accuracy": 0.9, "top1_agreement": 0.85, "max_accuracy_drop": 0.01,
+        "failure": "too far", "options": {"calibration_images": 8},
+    }])
+    new = registry.get_artifacts("r1")[1]
+    assert (new["top1_agreement"], new["failure"], new["options"]) == (0.85, "too far", {"calibration_images": 8})

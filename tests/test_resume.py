@@ -237,7 +237,7 @@ def test_artifact_accuracy_matches_pytorch_on_labelled_images(tmp_path):
 
     if not converter_available():
         pytest.skip("litert-torch is not installed: the .tflite half needs it")
-    from nasflow.flows.deploy import tflite_accuracy
+    from nasflow.export.tflite_fp32 import tflite_accuracy
     from nasflow.plugins.devices.litert import convert_to_tflite
 
     tflite = convert_to_tflite(model, (1, 3, 2, 2), tmp_path / "m.tflite")

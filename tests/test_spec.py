@@ -152,10 +152,10 @@ def test_unusable_device_is_refused_at_validation_with_how_to_fix():
 
 
 def test_tflite_deploy_needs_the_litert_packages_and_says_how_to_get_them(monkeypatch):
-    from nasflow.plugins.devices.litert import LiteRTDevice
+    from nasflow.export.formats import TFLiteExporter
 
     text = GOOD + "deploy: {formats: [onnx, tflite]}\n"
-    monkeypatch.setattr(LiteRTDevice, "unavailable_reason", classmethod(lambda cls, options=None: "no LiteRT here: pip install x"))
+    monkeypatch.setattr(TFLiteExporter, "unavailable_reason", classmethod(lambda cls, options=None: "no LiteRT here: pip install x"))
     with pytest.raises(SpecError) as err:
         parse_spec(text, "s.yaml")
     assert "s.yaml:12: deploy.formats: tflite cannot be written here: no LiteRT here: pip install x" in str(err.value)
@@ -163,8 +163,24 @@ def test_tflite_deploy_needs_the_litert_packages_and_says_how_to_get_them(monkey
     parse_spec(GOOD + "deploy: {enabled: false, formats: [tflite]}\n", "s.yaml")
     parse_spec(GOOD + "deploy: {formats: [onnx]}\n", "s.yaml")
     monkeypatch.undo()
-    with pytest.raises(SpecError, match="deploy.formats"):
-        parse_spec(GOOD + "deploy: {formats: [tflite_int8]}\n", "s.yaml")  # not a format (yet)
+
+
+def test_a_bad_deploy_format_lists_the_registered_exporters():
+    with pytest.raises(SpecError) as err:
+        parse_spec(GOOD + "deploy: {formats: [onnx, tflite_int8]}\n", "s.yaml")
+    message = str(err.value)
+    assert "s.yaml:12: deploy.formats: 'tflite_int8' is not a registered exporter; available: " in message
+    assert "onnx, onnx-int8, tflite, tflite-int8" in message
+
+
+def test_deploy_options_are_validated_by_their_exporter():
+    parse_spec(GOOD + "deploy: {formats: [onnx-int8], options: {onnx-int8: {calibration_images: 64}}}\n", "s.yaml")
+    with pytest.raises(SpecError, match=r"deploy.options.onnx-int8: invalid options for exporter 'onnx-int8': calibration_images"):
+        parse_spec(GOOD + "deploy: {formats: [onnx-int8], options: {onnx-int8: {calibration_images: 0}}}\n", "s.yaml")
+    with pytest.raises(SpecError, match="deploy.options has options for tflite, which deploy.formats does not list"):
+        parse_spec(GOOD + "deploy: {formats: [onnx], options: {tflite: {}}}\n", "s.yaml")
+    with pytest.raises(SpecError, match="deploy.formats lists onnx more than once"):
+        parse_spec(GOOD + "deploy: {formats: [onnx, onnx]}\n", "s.yaml")
 
 
 # ------------------------------------------------------------------------------ strict YAML

@@ -1,10 +1,12 @@
-"""Deploy stage: export the best models, verify them against PyTorch, score and time the files themselves.
+"""Deploy stage: export the best models with each format's exporter, verify the files, score and time them.
 
 Artifacts go to `<deploy.out_dir>/<run id>/`, so runs never overwrite each other's files. An
-artifact's id includes its export settings (format, opset, tolerance, out_dir): changed settings
-export new files beside the old ones. Each verified float32 artifact is evaluated on the test
-split by its own runtime (`artifacts.accuracy`); a device failing to time it records a failed
-measurement and leaves the artifact recorded.
+artifact's id includes its export settings (format, the exporter's settings, tolerance,
+out_dir): changed settings export new files beside the old ones. Formats are exporter plugins
+(nasflow.export.formats); nothing here names one. Every artifact is verified (nasflow.export.verify)
+and evaluated on the test split by its own runtime; one that passes is timed on every spec device
+that runs its format, and a device failing to time it records a failed measurement. One that
+fails is recorded with its numbers and not timed.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import numpy as np
 from prefect import flow
 
 from ..data import Dataset, load_dataset
-from ..errors import DeviceError, ExportError
-from ..export import VerifyResult, classify_accuracy, export_onnx, onnx_accuracy, sha256_file, verify_onnx
+from ..errors import ExportError
+from ..export import sha256_file
+from ..plugin_api import CheckInputs, Exporter
+from ..plugins import get_plugins
 from ..progress import reporter
 from ..spec import Spec
 from .context import RunContext
@@ -30,11 +34,17 @@ from .train import current_train_rows, load_trained
 STAGE = "deploy"
 
 
+def exporter_for(spec: Spec, fmt: str) -> Exporter:
+    """The exporter of `fmt` with its options from `deploy.options`."""
+    return get_plugins().create("exporter", fmt, spec.deploy.options.get(fmt, {}), spec.deploy.opset)
+
+
 def deploy_key(spec: Spec, fmt: str) -> str:
-    """Settings key of one format's artifacts: what goes into the file and where it is written."""
-    settings = {"format": fmt, "atol": spec.deploy.atol, "out_dir": str(spec.deploy.out_dir)}
-    if fmt == "onnx":
-        settings["opset"] = spec.deploy.opset
+    """Settings key of one format's artifacts: what goes into the file, how it is judged, where it is written."""
+    exporter = exporter_for(spec, fmt)
+    settings = {"format": fmt, "atol": spec.deploy.atol, "out_dir": str(spec.deploy.out_dir), **exporter.settings()}
+    if exporter.quantized:
+        settings["max_accuracy_drop"] = spec.deploy.max_accuracy_drop
     return stage_key(settings)
 
 
@@ -43,99 +53,57 @@ def artifact_id(ctx: RunContext, candidate: dict, fmt: str) -> str:
 
 
 def artifact_path(ctx: RunContext, candidate: dict, fmt: str) -> Path:
-    name = f"{candidate['stage']}-{candidate['arch_hash'][:12]}-{artifact_id(ctx, candidate, fmt)[:8]}.{fmt}"
+    suffix = exporter_for(ctx.spec, fmt).suffix
+    name = f"{candidate['stage']}-{candidate['arch_hash'][:12]}-{artifact_id(ctx, candidate, fmt)[:8]}.{suffix}"
     return ctx.spec.deploy.out_dir / ctx.run_id / name
 
 
-def _export(fmt: str, model, input_shape: tuple[int, ...], path: Path, spec) -> VerifyResult:
-    """Write `model` as `fmt` at `path` and compare the artifact's outputs with PyTorch's."""
-    if fmt == "onnx":
-        export_onnx(model, input_shape, path, opset=spec.deploy.opset)
-        return verify_onnx(model, path, input_shape, atol=spec.deploy.atol)
-    if fmt == "tflite":
-        from ..plugins.devices.litert import convert_to_tflite, verify_tflite
-
-        convert_to_tflite(model, input_shape, path)
-        return verify_tflite(model, path, input_shape, atol=spec.deploy.atol)
-    raise ExportError(f"unknown deploy format {fmt!r}")
+def calibration_images(data: Dataset, count: int, fmt: str, seed: int) -> np.ndarray:
+    """`count` training images drawn without replacement (seeded): the int8 ranges are set on real data."""
+    available = data.size("train")
+    if count > available:
+        raise ExportError(
+            f"deploy.options.{fmt}.calibration_images is {count} but the training split has only {available} images"
+        )
+    rows = np.sort(np.random.default_rng(seed).choice(available, size=count, replace=False))
+    return data.batch("train", rows)
 
 
-def tflite_accuracy(path: str | Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    """Accuracy of the .tflite file on the LiteRT interpreter, in batches where the model can be resized.
-
-    The converter fixes the batch axis at 1; resizing it works for most models, and where the
-    outputs do not follow, images go through one at a time.
-    """
-    from ..plugins.devices.litert import _runtime
-
-    try:
-        interp = _runtime().interpreter(model_path=str(path), num_threads=1)
-        (detail,) = interp.get_input_details()
-        output = interp.get_output_details()[0]["index"]
-        shape = [int(n) for n in detail["shape"]]
-    except DeviceError:
-        raise
-    except Exception as exc:
-        raise DeviceError(f"litert: cannot load {path}: {exc}") from exc
-    state: dict[str, Any] = {"allocated": None, "batched": True}
-
-    def allocate(n: int) -> None:
-        if state["allocated"] != n:
-            state["allocated"] = None  # unknown until the resize has succeeded
-            interp.resize_tensor_input(detail["index"], [n, *shape[1:]])
-            interp.allocate_tensors()
-            state["allocated"] = n
-
-    def invoke(x: np.ndarray) -> np.ndarray:
-        allocate(len(x))
-        interp.set_tensor(detail["index"], x.astype(detail["dtype"]))
-        interp.invoke()
-        return interp.get_tensor(output)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        if state["batched"] and len(x) > 1:
-            try:
-                out = invoke(x)
-                if len(out) == len(x):
-                    return out
-            except Exception:
-                pass
-            state["batched"] = False  # the graph keeps batch 1 inside: single images from now on
-        return np.concatenate([invoke(image[None]).reshape(1, -1) for image in x])
-
-    try:
-        return classify_accuracy(run, images, labels, batch_size)
-    except Exception as exc:
-        raise DeviceError(f"litert: evaluating {path} on the test split failed: {describe_error(exc)}") from exc
-
-
-def artifact_accuracy(fmt: str, path: Path, data: Dataset) -> float:
-    """Accuracy of a float32 artifact on the test split, run by the artifact's own runtime."""
+def check_inputs(data: Dataset, spec: Spec) -> CheckInputs:
+    """Held-out validation images for the output comparison, and the test split for accuracy."""
+    held_out = data.batch("val", slice(0, min(spec.deploy.check_inputs, data.size("val"))))
     images, labels = data.split("test")
-    if fmt == "onnx":
-        return onnx_accuracy(path, images, labels)
-    if fmt == "tflite":
-        return tflite_accuracy(path, images, labels)
-    raise ExportError(f"no runtime evaluates {fmt!r} artifacts")
+    return CheckInputs(held_out, images, labels, spec.deploy.atol, spec.deploy.max_accuracy_drop)
 
 
 def _deploy(ctx: RunContext, candidate: dict, fmt: str, devices) -> tuple[dict, list[dict]]:
     """Export, verify, evaluate and time one artifact; its row and its measurement rows."""
     spec = ctx.spec
+    exporter = exporter_for(spec, fmt)
     data = load_dataset(spec.dataset)
     model = load_trained(ctx, candidate["arch"], candidate["extra"]["checkpoint"])
     path = artifact_path(ctx, candidate, fmt)
+    calibration = (
+        calibration_images(data, exporter.calibration_images, fmt, spec.execution.seed) if exporter.quantized else None
+    )
+    example = data.batch("val", slice(0, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    check = _export(fmt, model, data.input_shape, path, spec)
+    exporter.export(model, example, path, calibration)
+    check = exporter.verify(model, path, check_inputs(data, spec))
     artifact = {
         "artifact_id": artifact_id(ctx, candidate, fmt),
         "candidate_id": candidate["candidate_id"], "run_id": ctx.run_id, "format": fmt,
         "path": str(path.resolve()), "sha256": sha256_file(path), "size_bytes": path.stat().st_size,
-        "max_abs_err": check.max_abs_err, "tolerance": check.atol, "verified": check.passed,
+        "max_abs_err": check.max_abs_err, "cosine_diff": check.cosine_diff, "tolerance": check.tolerance,
+        "accuracy": check.accuracy, "reference_accuracy": check.reference_accuracy,
+        "top1_agreement": check.top1_agreement,
+        "max_accuracy_drop": check.max_accuracy_drop if exporter.quantized else None,
+        "verified": check.passed, "failure": check.failure,
+        "options": {**exporter.settings(), "calibration_images": exporter.calibration_images} if exporter.quantized
+        else exporter.settings(),
     }
-    if not check.passed:  # recorded as unverified; not timed, since it is not the same model
+    if not check.passed:  # recorded with its numbers; not timed, since it is not the model that was chosen
         return artifact, []
-    artifact["accuracy"] = artifact_accuracy(fmt, path, data)
     measured, failures = measure_artifact_everywhere(devices, str(path), fmt, data.input_shape)
     mrows = measurement_rows(candidate["candidate_id"], ctx.run_id, measured, artifact["artifact_id"])
     # the artifact stays recorded; a device that failed on it has a failed row, not a number
@@ -144,6 +112,15 @@ def _deploy(ctx: RunContext, candidate: dict, fmt: str, devices) -> tuple[dict, 
         for name, reason in failures.items()
     ]
     return artifact, mrows
+
+
+def _summary(artifact: dict) -> str:
+    """One line of what verification measured: output difference, and accuracy next to PyTorch's."""
+    line = (f"{Path(artifact['path']).name} max |err| {artifact['max_abs_err']:.2e}, "
+            f"test acc {artifact['accuracy']:.3f}")
+    if artifact["max_accuracy_drop"] is not None:
+        line += f" (float32 {artifact['reference_accuracy']:.3f}, top-1 agreement {artifact['top1_agreement']:.3f})"
+    return line
 
 
 def _intact(previous: dict | None) -> bool:
@@ -187,19 +164,17 @@ def deploy_stage(ctx: RunContext) -> dict[str, Any]:
         try:
             artifact, mrows = _deploy(ctx, candidate, fmt, devices)
         except Exception as exc:
-            failures.append(f"{candidate['arch_hash']}: {describe_error(exc)}")
+            failures.append(f"{candidate['arch_hash']} {fmt}: {describe_error(exc)}")
             rep.advance(STAGE, 1, f"failed: {describe_error(exc)}")
             continue
         registry.add_artifacts([artifact], mrows, replace=True)
         if not artifact["verified"]:
-            reason = f"output differs from PyTorch by {artifact['max_abs_err']:.3g} (> atol {artifact['tolerance']:g})"
-            failures.append(f"{candidate['arch_hash']}: {reason}")
-            rep.advance(STAGE, 1, f"failed verification: {reason}")
+            failures.append(f"{candidate['arch_hash']} {fmt}: {artifact['failure']}")
+            rep.advance(STAGE, 1, f"{fmt} failed verification: {artifact['failure']}")
             continue
         deployed.append(artifact)
         timing = [f"{m['device']} failed: {m['extra']['error']}" for m in mrows if m.get("median_ms") is None and m["metric"] == "latency"]
-        rep.advance(STAGE, 1, f"{Path(artifact['path']).name} max |err| {artifact['max_abs_err']:.2e}, "
-                              f"test acc {artifact['accuracy']:.3f}" + "".join(f"; {t}" for t in timing))
+        rep.advance(STAGE, 1, _summary(artifact) + "".join(f"; {t}" for t in timing))
     rep.stage_end(STAGE, f"{len(deployed)} artifacts ({reused} reused), {len(failures)} failed{cap_note}")
     return {
         "artifacts": [a["path"] for a in deployed], "artifact_ids": [a["artifact_id"] for a in deployed],

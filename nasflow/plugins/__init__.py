@@ -36,11 +36,12 @@ BUILTIN_MODULES = (
     "nasflow.spaces.mnasnet",
     "nasflow.spaces.fbnet",
     "nasflow.spaces.edgetpu",
+    "nasflow.export.formats",
 )
 DISABLE_ENV = "NASFLOW_DISABLE_PLUGIN_AUTOLOAD"
 """Set to 1 to load only built-in plugins (third-party entry points are ignored)."""
 
-KIND_LABELS = {"search": "search strategy", "device": "device backend", "compressor": "compressor", "space": "search space"}
+KIND_LABELS = {"search": "search strategy", "device": "device backend", "compressor": "compressor", "space": "search space", "exporter": "exporter"}
 
 
 class PluginWarning(UserWarning):
@@ -73,7 +74,10 @@ class PluginRegistry:
                 self._collect(kind, impl, package, version)
 
     def _collect(self, kind: str, impl: Any, package: str, version: str) -> None:
-        base = {"search": "SearchStrategy or SupernetStrategy", "device": "DeviceBackend", "compressor": "Compressor", "space": "SearchSpace"}[kind]
+        base = {
+            "search": "SearchStrategy or SupernetStrategy", "device": "DeviceBackend", "compressor": "Compressor",
+            "space": "SearchSpace", "exporter": "Exporter",
+        }[kind]
         try:
             classes = list(impl.function() or [])
         except Exception as exc:  # a broken plugin must never take the host down

@@ -6,7 +6,7 @@ Where no Edge TPU is attached, use ``edgetpu-model`` (an analytical estimate tha
 Pipeline per model
 ------------------
 1. **Full-integer conversion** with litert-torch's PT2E static quantization
-   (:mod:`nasflow.plugins.devices.litert_int8`), cached by architecture like the float
+   (:mod:`nasflow.export.tflite_int8`), cached by architecture like the float
    ``litert`` files.
 2. **Compilation** with Coral's ``edgetpu_compiler`` (``--out_dir``, ``--show_operations``); its
    log is parsed for the compiler version and how many operations run on the Edge TPU and how
@@ -191,7 +191,7 @@ class EdgeTPUDevice(DeviceBackend):
         return float_name.with_name(float_name.stem + "-int8.tflite")
 
     def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
-        from nasflow.plugins.devices.litert_int8 import convert_to_tflite_int8
+        from nasflow.export.tflite_int8 import convert_to_tflite_int8
 
         shape = tuple(int(n) for n in input_shape)
         int8 = self._int8_path(model, shape)

@@ -55,23 +55,16 @@ Methodology
 from __future__ import annotations
 
 import atexit
-import contextlib
-import functools
 import hashlib
-import importlib.metadata
-import importlib.util
 import itertools
-import logging
 import math
 import multiprocessing
 import os
 import threading
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +72,24 @@ import numpy as np
 from pydantic import Field
 
 from nasflow.errors import DeviceError
-from nasflow.export import VerifyResult, eval_mode, sha256_file, verify_outputs
+from nasflow.export import sha256_file
+# The runtime and the converter live in the export package; the names stay importable from here
+# because the android and edgetpu devices and their tests reach them through this module.
+from nasflow.export.tflite_fp32 import (  # noqa: F401
+    CONVERTER_HINT,
+    CONVERTER_MISSING,
+    INPUT_SEED,
+    INTERPRETER_HINT,
+    _dist_version,
+    _find_runtime,
+    _first_line,
+    _import_converter,
+    _runtime,
+    convert_to_tflite,
+    converter_available,
+    converting,
+    verify_tflite,
+)
 from nasflow.fingerprint import base_fingerprint
 from nasflow.hookspecs import hookimpl
 from nasflow.plugin_api import DeviceBackend, LatencyStats, Measurement
@@ -88,148 +98,6 @@ from nasflow.timing import TimingOptions, measure_with
 
 if TYPE_CHECKING:
     import torch
-
-INPUT_SEED = 0
-INTERPRETER_HINT = "pip install 'nasflow[litert]'"
-CONVERTER_HINT = (
-    "pip install 'litert-torch==0.10.*' && pip install -U 'typing-extensions>=4.15' (a separate step: "
-    "litert-torch pins typing-extensions<4.13, prefect needs >=4.15; see nasflow.plugins.devices.litert)"
-)
-CONVERTER_MISSING = f"litert-torch is not installed, so PyTorch models cannot be converted to .tflite: {CONVERTER_HINT}"
-
-_CONVERT_LOCK = threading.Lock()  # torch.export and the MLIR converter keep process-global state
-
-
-def _dist_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-# ---------------------------------------------------------------- interpreter
-
-
-@dataclass(frozen=True)
-class _Runtime:
-    """The LiteRT interpreter found here: its class, op-resolver enum, package and version."""
-
-    interpreter: Any
-    op_resolver: Any  # OpResolverType enum, or None where the package lacks it
-    package: str
-    version: str
-
-
-@functools.lru_cache(maxsize=1)
-def _find_runtime() -> tuple[_Runtime | None, str | None]:
-    """(runtime, None), or (None, why no interpreter can be used here)."""
-    try:
-        from ai_edge_litert import interpreter as mod
-
-        return _Runtime(mod.Interpreter, getattr(mod, "OpResolverType", None), "ai-edge-litert",
-                        _dist_version("ai-edge-litert") or "?"), None
-    except ImportError:
-        pass
-    problem = ""
-    version = _dist_version("tflite-runtime")
-    if version is not None:
-        try:  # tflite-runtime 2.14 is built against NumPy 1 and fails under NumPy 2
-            from tflite_runtime import interpreter as mod
-
-            return _Runtime(mod.Interpreter, getattr(mod, "OpResolverType", None), "tflite-runtime", version), None
-        except Exception as exc:  # ImportError, AttributeError ('_ARRAY_API not found'), ...
-            problem = f" (tflite-runtime {version} is installed but does not import: {str(exc).strip() or type(exc).__name__})"
-    return None, f"no LiteRT interpreter: ai-edge-litert is not installed{problem}: {INTERPRETER_HINT}"
-
-
-def _runtime() -> _Runtime:
-    runtime, problem = _find_runtime()
-    if runtime is None:
-        raise DeviceError(f"litert: {problem}")
-    return runtime
-
-
-def converter_available() -> bool:
-    """Whether litert-torch is installed (checked without importing it: the import is slow)."""
-    return importlib.util.find_spec("litert_torch") is not None
-
-
-# ---------------------------------------------------------------- conversion
-
-
-@contextlib.contextmanager
-def _quiet_converter() -> Iterator[None]:
-    """Hide litert-torch's progress lines, import chatter and deprecation warnings."""
-    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # the converter's C++ INFO lines
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch", "absl", "jax")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def _import_converter():
-    if not converter_available():
-        raise DeviceError(f"litert: {CONVERTER_MISSING}")
-    with _quiet_converter():
-        try:
-            import litert_torch
-        except Exception as exc:
-            raise DeviceError(f"litert: litert-torch is installed but does not import: {exc}") from exc
-    return litert_torch
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-@contextlib.contextmanager
-def converting(model: "torch.nn.Module", shape: tuple[int, ...], path: Path, what: str) -> Iterator[Path]:
-    """One conversion: converter lock, quiet logs, model in eval mode; yields a temporary path to write.
-
-    The temporary file becomes `path` only when the block succeeds (so a cache never holds a
-    partial file); any failure becomes a DeviceError naming the model, the input and `what`.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with _CONVERT_LOCK, _quiet_converter(), eval_mode(model):
-            yield tmp
-        os.replace(tmp, path)
-    except DeviceError:
-        raise
-    except Exception as exc:
-        raise DeviceError(
-            f"litert: cannot convert {type(model).__name__} on input {shape} to {what}: {_first_line(exc)}"
-        ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def convert_to_tflite(model: "torch.nn.Module", input_shape: tuple[int, ...], path: str | os.PathLike) -> Path:
-    """Convert `model` (traced on a random input of `input_shape`, batch first) to a .tflite at `path`.
-
-    Always converts (no cache) and keeps the model's weights; the file appears atomically.
-    Raises DeviceError when litert-torch is missing or the conversion fails.
-    """
-    import torch
-
-    litert_torch = _import_converter()
-    shape = tuple(int(n) for n in input_shape)
-    sample = torch.randn(*shape, generator=torch.Generator().manual_seed(INPUT_SEED))
-    with converting(model, shape, Path(path), ".tflite") as tmp:
-        edge = litert_torch.convert(model.eval(), (sample,))
-        edge.export(str(tmp))
-    return Path(path)
-
 
 def model_key(model: "torch.nn.Module") -> str:
     """Identity of a model's structure: `arch-<arch_hash>-c<classes>` for ArchNet, else a structure hash."""
@@ -355,36 +223,6 @@ def _close_pools() -> None:
         _close_pool(workers)
 
 
-def verify_tflite(
-    model: "torch.nn.Module",
-    path: str | os.PathLike,
-    input_shape: tuple[int, ...],
-    atol: float = 1e-4,
-    n_inputs: int = 4,
-    seed: int = 0,
-) -> VerifyResult:
-    """Run seeded random inputs through PyTorch and the .tflite on LiteRT (1 thread); compare outputs."""
-    rt = _runtime()
-    kwargs: dict[str, Any] = {"model_path": os.fspath(path), "num_threads": 1}
-    try:
-        interp = rt.interpreter(**kwargs)
-        interp.allocate_tensors()
-    except Exception as exc:
-        raise DeviceError(f"litert: cannot load {path}: {_first_line(exc)}") from exc
-    (detail,) = interp.get_input_details()
-    outputs = interp.get_output_details()
-
-    def run(x: np.ndarray) -> list[np.ndarray]:
-        try:
-            interp.set_tensor(detail["index"], x.reshape(detail["shape"]).astype(detail["dtype"]))
-            interp.invoke()
-        except Exception as exc:
-            raise DeviceError(f"litert: running {path} failed: {_first_line(exc)}") from exc
-        return [interp.get_tensor(o["index"]) for o in outputs]
-
-    return verify_outputs(model, run, input_shape, atol, n_inputs, seed)
-
-
 def time_interpreter(
     interp: Any, path: Path, shape: tuple[int, ...], options: TimingOptions, device: str
 ) -> tuple[LatencyStats, dict[str, Any]]:
@@ -459,7 +297,7 @@ class LiteRTDevice(DeviceBackend):
     name = "litert"
     description = "LiteRT (TFLite) CPU interpreter with XNNPACK, models converted with litert-torch"
     Options = LiteRTOptions
-    artifact_formats = ("tflite",)
+    artifact_formats = ("tflite", "tflite-int8")  # float32 and full-integer files run on the same interpreter
 
     @classmethod
     def unavailable_reason(cls, options=None) -> str | None:
@@ -513,7 +351,7 @@ class LiteRTDevice(DeviceBackend):
         shape = tuple(int(n) for n in input_shape)
         stats, details = self._time(Path(path), shape)
         extra = {"input_shape": list(shape), "artifact": str(path), "sha256": sha256_file(path), **details}
-        return self._measurement(stats, shape[0], extra)
+        return self._measurement(stats, shape[0], extra, fmt)
 
     def interpreter(self, path: str | os.PathLike):
         """A LiteRT interpreter on `path` with this device's threads and XNNPACK setting, tensors allocated."""
@@ -535,13 +373,13 @@ class LiteRTDevice(DeviceBackend):
         """Time `invoke()` on one fixed random input; the model's input must hold as many values as `shape`."""
         return time_interpreter(self.interpreter(path), path, shape, self.options, self.name)
 
-    def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any]) -> Measurement:
+    def _measurement(self, stats: LatencyStats, batch: int, extra: dict[str, Any], fmt: str = "tflite") -> Measurement:
         rt = _runtime()
         delegate = "XNNPACK" if self.options.xnnpack else "built-in kernels"
         return self.make_measurement(
             stats,
             runtime=f"{rt.package} {rt.version} ({delegate})",
-            artifact_format="tflite",
+            artifact_format=fmt,
             threads=self.options.threads,
             batch_size=batch,
             extra=extra,

@@ -68,7 +68,7 @@ class OnnxRuntimeCPU(DeviceBackend):
     name = "onnxruntime-cpu"
     description = "ONNX models on onnxruntime's CPU execution provider"
     Options = OnnxRuntimeOptions
-    artifact_formats = ("onnx",)
+    artifact_formats = ("onnx", "onnx-int8")  # QDQ files take float32 input like float32 ones
     MISSING = "onnxruntime is not installed: pip install onnxruntime"
 
     def __init__(self, options=None):
@@ -107,7 +107,7 @@ class OnnxRuntimeCPU(DeviceBackend):
         shape = batched_shape(input_shape, self.options.batch_size)
         stats = self._time(self._session(os.fspath(path)), shape)
         extra = {"input_shape": list(shape), "artifact": str(path), "sha256": sha256_file(path)}
-        return self._measurement(stats, extra)
+        return self._measurement(stats, extra, fmt)
 
     def _exported(self, model: "torch.nn.Module", shape: tuple[int, ...]) -> bytes:
         """ONNX bytes of `model`, reused while its structure and weights are unchanged."""
@@ -165,11 +165,11 @@ class OnnxRuntimeCPU(DeviceBackend):
         except Exception as exc:
             raise DeviceError(f"onnxruntime-cpu: inference on input {shape} failed: {exc}") from exc
 
-    def _measurement(self, stats: LatencyStats, extra: dict[str, Any]) -> Measurement:
+    def _measurement(self, stats: LatencyStats, extra: dict[str, Any], fmt: str = "onnx") -> Measurement:
         return self.make_measurement(
             stats,
             runtime=f"onnxruntime {_ort().__version__}",
-            artifact_format="onnx",
+            artifact_format=fmt,
             threads=self.options.threads,
             batch_size=self.options.batch_size,
             extra=extra,

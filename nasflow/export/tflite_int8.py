@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasflow.errors import DeviceError
-from nasflow.plugins.devices.litert import INPUT_SEED, _import_converter, converting
+from nasflow.export.tflite_fp32 import INPUT_SEED, _import_converter, converting
 
 if TYPE_CHECKING:
     import torch
