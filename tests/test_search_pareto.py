@@ -72,6 +72,13 @@ def test_multi_objective_strategies_cover_more_of_the_true_front_than_random(nam
     assert wins >= 8 and sorted(ours)[5] > sorted(rnd)[5] + 0.15, (ours, rnd)
 
 
+def test_evolution_finds_the_single_objective_optimum_more_often_than_random():
+    seeds = range(12)
+    found = sum(finds_optimum("evolution", s, budget=160)[0] for s in seeds)
+    rnd = sum(finds_optimum("random", s, budget=160)[0] for s in seeds)
+    assert found >= 8 and found > rnd + 4, (found, rnd)
+
+
 def test_optuna_tpe_finds_the_single_objective_optimum_more_often_than_random():
     seeds = range(12)
     found = sum(finds_optimum("optuna", s, budget=160, sampler="tpe")[0] for s in seeds)
