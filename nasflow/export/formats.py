@@ -44,18 +44,9 @@ def _litert_missing() -> str | None:
 
 
 def _onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
-    from nasflow.export.onnx_fp32 import _verify_session
+    from nasflow.export.onnx_fp32 import onnx_runner
 
-    session = _verify_session(path)
-    name = session.get_inputs()[0].name
-
-    def run(x: np.ndarray) -> np.ndarray:
-        try:
-            return session.run(None, {name: x})[0]
-        except Exception as exc:
-            raise ExportError(f"onnxruntime failed to run {path}: {exc}") from exc
-
-    return run
+    return onnx_runner(path)
 
 
 def _shape(example: np.ndarray) -> tuple[int, ...]:

@@ -146,8 +146,8 @@ def verify_onnx(
     return verify_outputs(model, run, input_shape, atol, n_inputs, seed)
 
 
-def onnx_accuracy(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    """Accuracy of the ONNX file itself on labelled images, run by onnxruntime (batch axis dynamic)."""
+def onnx_runner(path: str | os.PathLike):
+    """A function running the ONNX file on a batch with onnxruntime (first output); ExportError on failure."""
     session = _verify_session(path)
     input_name = session.get_inputs()[0].name
 
@@ -157,4 +157,9 @@ def onnx_accuracy(path: str | os.PathLike, images: np.ndarray, labels: np.ndarra
         except Exception as exc:
             raise ExportError(f"onnxruntime failed to run {path}: {exc}") from exc
 
-    return classify_accuracy(run, images, labels, batch_size)
+    return run
+
+
+def onnx_accuracy(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
+    """Accuracy of the ONNX file itself on labelled images, run by onnxruntime (batch axis dynamic)."""
+    return classify_accuracy(onnx_runner(path), images, labels, batch_size)
