@@ -698,7 +698,7 @@ def bench_first_candidate(
             "pipeline flow run created": "(from the Prefect database) the dataset is loaded and the server is up",
             "profile flow run started": "the profile stage: probes each device with a reference model",
             "search flow run started": "after the profile stage (its own flow run)",
-            "first candidate row recorded": "search setup, then the first batch: timing on every device, proxy training",
+            "first candidate row recorded": "search setup, then the first batch's first slice (one candidate): timing on every device, proxy training",
         },
         "first_batch_candidates": len(first_batch),
         "first_batch_proxy_train_seconds_max": max((r["train_seconds"] or 0.0) for r in first_batch),
@@ -734,7 +734,7 @@ def bench_quickstart_first_candidate(tmp: Path, timeout: float, api_url: str | N
 
 
 def _first_batch(registry_path: Path, run_id: str) -> list[dict]:
-    """The candidate rows of the first registry write (one created_at per batch)."""
+    """The candidate rows of the first registry write (one created_at per transaction)."""
     from nasflow.registry import open_readonly
 
     columns, rows = open_readonly(registry_path).query(
@@ -1080,8 +1080,9 @@ def markdown(report: dict) -> str:
                 f"Target for the quickstart: at most {target:.0f} s: {verdict}"
                 f" ({tables.number(seconds['ephemeral_server'])} s).",
                 f"Its search stage started {tables.number(search)} s in;" if search is not None else "",
-                "the first row waits for the first batch of candidates to be timed on both devices and trained"
-                f" (its slowest proxy training took {tables.number(quick['ephemeral_server']['first_batch_proxy_train_seconds_max'])} s).",
+                "the first row waits for the first write: one candidate timed on both devices and proxy-trained"
+                f" ({quick['ephemeral_server']['first_batch_candidates']} row(s); its slowest proxy training took"
+                f" {tables.number(quick['ephemeral_server']['first_batch_proxy_train_seconds_max'])} s).",
             ))
     appends = report.get("registry_append")
     if appends:

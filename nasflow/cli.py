@@ -70,6 +70,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .spec import load_spec
 
     loaded = load_spec(args.spec)
+    from .flows.prefect_server import start_run_helpers
+
+    start_run_helpers()  # Prefect's API server comes up while the imports and the data load below go on
     from .data import load_dataset
 
     data = load_dataset(loaded.spec.dataset)  # bad data stops the run here, before any flow starts

@@ -14,7 +14,6 @@ from .. import __version__
 from ..data import load_dataset
 from ..errors import RunInterrupted
 from ..objectives import pareto_front
-from ..reaper import start_watchdog
 from ..registry import Registry
 from ..spec import LoadedSpec, space_for_data
 from ..train_device import resolve_device
@@ -22,7 +21,7 @@ from .context import RunContext
 from .deploy import deploy_stage
 from .evaluate import make_devices, model_for, threads_per_task
 from .morph import morph_stage
-from .prefect_server import ApiServer, start_api_server, use_api_server
+from .prefect_server import ApiServer, start_run_helpers, use_api_server
 from .profile import profile_stage
 from .runners import make_task_runner
 from .search import search_stage
@@ -42,7 +41,8 @@ def pipeline_flow(ctx: RunContext) -> dict[str, Any]:
     if spec.profile.enabled:
         results["profile"] = profile_stage(ctx)
     if spec.search.enabled:
-        results["search"] = search_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
+        reference = {r["device"]: r["reference_ms"] for r in results.get("profile", [])}
+        results["search"] = search_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx, reference)
     if spec.train.enabled:
         results["train"] = train_stage.with_options(task_runner=make_task_runner(spec.execution))(ctx)
     if spec.morph.enabled:
@@ -76,12 +76,6 @@ class RunSummary:
             return f"resumed run {self.run_id}: nothing finished was found to reuse, everything was computed now"
         what = ", ".join(f"{stage} {n}" for stage, n in reused.items())
         return f"resumed: finished work was reused from the registry ({what})"
-
-
-def _start_run_helpers() -> ApiServer | None:
-    """Start the processes a run needs besides itself: its watchdog first, then Prefect's API server."""
-    start_watchdog()  # before any child exists, so that every child is marked as this run's
-    return start_api_server()  # in the background: the run loads its data meanwhile
 
 
 def _prepare_while_server_starts(spec, server: ApiServer | None) -> None:
@@ -160,7 +154,7 @@ def run_spec(loaded: LoadedSpec) -> RunSummary:
     ctx = RunContext(spec.run_id(), spec)
     registry = Registry(spec.registry.path)  # refuses a non-DuckDB file before any work is done
     registry.verify_readable()  # and a damaged one, before the first write rather than at it
-    server = _start_run_helpers()
+    server = start_run_helpers()  # already started by the CLI, if it ran us
     resumed = registry.start_run(
         ctx.run_id, spec.name, spec.spec_hash(), loaded.text, spec.execution.runner, __version__,
         train_device=str(resolve_device(spec.execution.device)),

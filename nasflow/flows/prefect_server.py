@@ -169,6 +169,16 @@ def start_api_server() -> ApiServer | None:
         return _server
 
 
+def start_run_helpers() -> ApiServer | None:
+    """Start the processes a run needs besides itself: its watchdog first (so that every child is
+    marked as this run's), then Prefect's API server in the background. Idempotent: the CLI calls it
+    as soon as the spec is read, so the server's start overlaps the run's imports and data loading."""
+    from ..reaper import start_watchdog
+
+    start_watchdog()
+    return start_api_server()
+
+
 def use_api_server(server: ApiServer | None) -> None:
     """Wait until `server` answers, then make this process's Prefect clients (and its children) use it.
 

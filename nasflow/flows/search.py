@@ -113,22 +113,25 @@ def chance_level_warning(rows: list[dict], spec: Spec, data: Dataset) -> str | N
 
 def fastest_latency(
     spec: Spec, space: SearchSpace, devices: dict[str, DeviceBackend],
-    latency_models: dict[str, LatencyModel] | None, data: Dataset,
+    latency_models: dict[str, LatencyModel] | None, data: Dataset, reference: dict[str, float] | None = None,
 ) -> tuple[str, float, str]:
     """(arch, latency in ms, source) of the space's fastest architecture on the objective device,
-    by the search's own latency source: its LUT or predictor when it uses one, else measured."""
+    by the search's own latency source: its LUT or predictor when it uses one, else measured (the
+    profile stage's `reference` timing of that same architecture when this run has one)."""
     arch = space.to_arch(space.cheapest_genome())
     device = spec.objective_device
     if latency_models:
         model = latency_models[device]
         return format_arch(arch), float(model.predictor.predict(arch)), model.source
+    if reference and device in reference:
+        return format_arch(arch), float(reference[device]), "measured"
     measurement = devices[device].measure_model(model_for(arch, spec.dataset), data.input_shape)
     return format_arch(arch), measurement.stats.median_ms, "measured"
 
 
 def latency_goal_warnings(
     spec: Spec, space: SearchSpace, devices: dict[str, DeviceBackend],
-    latency_models: dict[str, LatencyModel] | None, data: Dataset,
+    latency_models: dict[str, LatencyModel] | None, data: Dataset, reference: dict[str, float] | None = None,
 ) -> list[str]:
     """Refuse a latency cap no architecture of the space can meet; warn about one barely met, or a
     target below every architecture. Runs before any candidate is evaluated."""
@@ -137,7 +140,7 @@ def latency_goal_warnings(
     if objectives.max_latency_ms is None and target is None:
         return []
     try:
-        arch, fastest, source = fastest_latency(spec, space, devices, latency_models, data)
+        arch, fastest, source = fastest_latency(spec, space, devices, latency_models, data, reference)
     except Exception as exc:  # the candidates' own timings will show the problem; the check is advice
         return [f"the latency goal could not be checked before the search: {describe_error(exc)}"]
     where = f"the space's fastest architecture ({arch}) takes {fastest:.4g} ms on {spec.objective_device} ({source})"
@@ -228,9 +231,39 @@ def _take(archs: list[Arch], seen: dict[str, dict], room: int) -> tuple[list[Arc
     return new, len(archs), duplicates
 
 
+def evaluate_slice(
+    ctx: RunContext, archs: list[Arch], genome_of: dict[str, Genome], devices: dict[str, DeviceBackend],
+    latency_models, data: Dataset, stored: dict[str, dict], seed_from: dict[str, str],
+) -> tuple[list[dict], dict[str, list[dict]], list[dict]]:
+    """Time and proxy-train `archs`: (their candidate rows, {candidate id: its measurement rows},
+    failed-measurement rows)."""
+    spec = ctx.spec
+    # Latency first, serially, while no training task runs: timings must not share cores.
+    measured = time_candidates(archs, devices, latency_models, spec, data.input_shape)
+    trained = train_in_parallel(
+        [format_arch(a) for a in archs], spec.dataset, spec.train.config,
+        spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
+        device=spec.execution.device, amp=spec.execution.amp,
+    )
+    rows, own, failed = [], {}, []
+    for arch, result in zip(archs, trained):
+        h = arch_hash(arch)
+        ms, failures = measured[h]
+        row = retried(candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
+        if h in seed_from:
+            row["extra"]["seeded_from"] = seed_from[h]
+        rows.append(row)
+        own[row["candidate_id"]] = measurement_rows(row["candidate_id"], ctx.run_id, ms)
+        failed += device_failure_rows(row["candidate_id"], ctx.run_id, failures)
+    return rows, own, failed
+
+
 @flow(name="search", persist_result=False, validate_parameters=False)
-def search_stage(ctx: RunContext) -> dict[str, Any]:
-    """Evaluate `search.budget` distinct architectures; returns counts. Re-running replays the registry's results."""
+def search_stage(ctx: RunContext, reference: dict[str, float] | None = None) -> dict[str, Any]:
+    """Evaluate `search.budget` distinct architectures; returns counts. Re-running replays the registry's results.
+
+    `reference`: {device: ms} of the space's cheapest architecture, as the profile stage measured it
+    in this run (spares the latency-goal check a measurement of its own)."""
     spec = ctx.spec
     registry = ctx.registry()
     rep = reporter()
@@ -241,7 +274,7 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
     strategy.pareto_labels = tuple(o.label for o in pareto)
     devices = make_devices(spec.devices)
     latency_models = None if spec.search.latency == "measured" else load_latency_models(registry, spec, devices, data)
-    notes = latency_goal_warnings(spec, space, devices, latency_models, data)
+    notes = latency_goal_warnings(spec, space, devices, latency_models, data, reference)
     for note in notes:
         _warn(note)
     if isinstance(strategy, SupernetStrategy):  # one-shot: the strategy owns the loop, the flow records
@@ -297,29 +330,24 @@ def search_stage(ctx: RunContext) -> dict[str, Any]:
             new, told, duplicates = _take(archs, seen, budget - (len(seen) - len(warm)))
             reused = [a for a in new if stored.get(arch_hash(a), {}).get("status") == "ok"]
             todo = [a for a in new if stored.get(arch_hash(a), {}).get("status") != "ok"]
-            # Latency first, serially, while no training task runs: timings must not share cores.
-            measured = time_candidates(todo, devices, latency_models, spec, data.input_shape)
-            trained = train_in_parallel(
-                [format_arch(a) for a in todo], spec.dataset, spec.train.config,
-                spec.search.proxy.epochs, spec.search.proxy.subset, spec.execution.workers,
-                device=spec.execution.device, amp=spec.execution.amp,
-            )
+            # The first batch that evaluates anything goes in slices, each written as soon as it is
+            # done: one candidate alone (a new run shows a result after one timing and one proxy
+            # training), then worker-sized ones. Later batches are one slice: one task per worker.
+            first = counts["evaluated"] == 0
+            width = max(1, spec.execution.workers)
+            slices = [todo[:1]] + [todo[i:i + width] for i in range(1, len(todo), width)] if first else [todo]
             genome_of = {arch_hash(a): g for a, g in zip(archs, genomes)}
-            rows, mrows = [], []
-            for arch, result in zip(todo, trained):
-                h = arch_hash(arch)
-                ms, failures = measured[h]
-                row = retried(candidate_row(ctx, arch, genome_of[h], result, ms, failures), stored.get(h))
-                if h in seed_from:
-                    row["extra"]["seeded_from"] = seed_from[h]
-                rows.append(row)
-                own = measurement_rows(row["candidate_id"], ctx.run_id, ms)
-                measured_rows[row["candidate_id"]] = own
-                mrows += own + device_failure_rows(row["candidate_id"], ctx.run_id, failures)
-                seen[h] = row
+            for part in (p for p in slices if p):
+                rows, own, failed = evaluate_slice(ctx, part, genome_of, devices, latency_models, data, stored, seed_from)
+                for row in rows:
+                    seen[row["arch_hash"]] = row
+                measured_rows.update(own)
+                # a candidate and its measurements land in one transaction
+                writer.add(rows, [m for ms in own.values() for m in ms] + failed)
+                if first:
+                    writer.flush()
             for arch in reused:
                 seen[arch_hash(arch)] = stored[arch_hash(arch)]
-            writer.add(rows, mrows)  # candidates and their measurements land in one transaction
             # A full batch is told whole; a batch the budget cut short, up to the cut (no ask follows).
             results = [
                 candidate_result(g, seen[arch_hash(a)], measured_rows.get(seen[arch_hash(a)]["candidate_id"], ()),
