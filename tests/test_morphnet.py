@@ -318,3 +318,53 @@ def test_shrinking_fused_blocks_and_a_head_fc_keeps_outputs():
     costs = channel_costs(parse_arch(KINDS_ARCH), 1, 10, 8, "flops")
     fewer = parse_arch(KINDS_ARCH.replace("fir_k3_m20", "fir_k3_m19"))
     assert count_macs(parse_arch(KINDS_ARCH), 1, 10, 8) - count_macs(fewer, 1, 10, 8) == costs["blocks.3"]
+
+
+def test_budget_expand_finds_the_largest_multiplier_within_the_budget():
+    from nasflow.plugins.compress.morphnet import _count, _expanded_arch, multiplier_for_budget
+
+    model = _trained_like()
+    seed_macs = count_macs(model.arch, 1, 10, (8, 8))
+    for share in (0.6, 1.0, 1.5):
+        budget = share * seed_macs
+        multiplier, macs = multiplier_for_budget(model, 1e-2, 1, budget, (8, 8), "flops")
+        assert macs <= budget
+        assert _count(_expanded_arch(model, 1e-2, 1, multiplier), 1, 10, (8, 8), "flops") == macs
+        # one rounding step further (the next multiplier that changes a width) exceeds the budget
+        step = multiplier
+        while _count(_expanded_arch(model, 1e-2, 1, step), 1, 10, (8, 8), "flops") == macs:
+            step *= 1.001
+        assert _count(_expanded_arch(model, 1e-2, 1, step), 1, 10, (8, 8), "flops") > budget
+    params_budget = 0.8 * model_params(model)
+    _, params = multiplier_for_budget(model, 1e-2, 1, params_budget, (8, 8), "size")
+    assert params <= params_budget
+
+
+def model_params(model):
+    from nasflow.space import count_arch_params
+
+    return count_arch_params(model.arch, 1, 10)
+
+
+def test_budget_below_the_smallest_network_is_refused():
+    from nasflow.plugins.compress.morphnet import multiplier_for_budget
+
+    with pytest.raises(PluginError, match="below the smallest network the shrink can give"):
+        multiplier_for_budget(_trained_like(), 1e-2, 1, 10.0, (8, 8), "flops")
+
+
+def test_budget_and_width_multiplier_together_are_refused():
+    with pytest.raises(PluginError, match="set either budget .* or width_multiplier, not both"):
+        get_plugins().options("compressor", "morphnet", {"budget": 0.5, "width_multiplier": 1.5})
+
+
+def test_compress_expands_to_a_relative_budget(digits):
+    model = _trained_like()
+    _silence(model.blocks[4].dw_bn, list(range(40)))  # the shrink frees MACs the expand step spends again
+    options = MorphNetCompressor.Options(reg_epochs=0, finetune_epochs=0, budget=0.9, target="flops")
+    result = MorphNetCompressor(options).compress(_context(model, digits))
+    stats = result.stats
+    assert stats["budget"] == pytest.approx(0.9 * stats["macs_before"]) and stats["budget_resource"] == "macs"
+    assert stats["macs_after"] <= stats["budget"]
+    assert stats["macs_after"] > 0.8 * stats["macs_before"]  # grown back towards the budget, not left shrunk
+    assert stats["width_multiplier"] > 1.0

@@ -79,9 +79,7 @@ def channel_costs(
     """Resource of one channel of each group: the exact slope of the arch's MACs or params in its width."""
 
     def measure(candidate: Arch) -> int:
-        if target == "flops":
-            return count_macs(candidate, in_channels, num_classes, image_size)
-        return count_arch_params(candidate, in_channels, num_classes)
+        return _count(candidate, in_channels, num_classes, image_size, target)
 
     costs = {}
     for group in channel_groups(arch):
@@ -309,6 +307,62 @@ def shrink(
     return ShrinkResult(child, child_arch, plans, removed)
 
 
+# ---------------------------------------------------------------- expand to a budget
+
+BISECTION_STEPS = 40  # the multiplier interval halves each step; the count is exact at every probe
+
+
+def _count(arch: Arch, in_channels: int, num_classes: int, image_size: tuple[int, int], target: str) -> int:
+    if target == "flops":
+        return count_macs(arch, in_channels, num_classes, image_size)
+    return count_arch_params(arch, in_channels, num_classes)
+
+
+def _expanded_arch(model: ArchNet, threshold: float, min_channels: int, multiplier: float) -> Arch:
+    """The architecture `shrink` would give at `multiplier` (no weights are built)."""
+    plans = [
+        plan_group(_gate(model, g).weight, g, threshold, min_channels, multiplier) for g in channel_groups(model.arch)
+    ]
+    return _child_arch(model.arch, plans)
+
+
+def multiplier_for_budget(
+    model: ArchNet, threshold: float, min_channels: int, budget: float, image_size: tuple[int, int], target: str
+) -> tuple[float, int]:
+    """(largest uniform multiplier of the shrunk network whose `target` count is within `budget`, that count).
+
+    The count of each probe is exact (`count_macs` / `count_arch_params` of the architecture the
+    multiplier gives); it grows with the multiplier in steps (widths are whole channels), so
+    bisection finds the last step within the budget. A budget below the smallest network the
+    shrink can give (every surviving group at `min_channels`) is refused, with that count.
+    """
+    def count(multiplier: float) -> int:
+        arch = _expanded_arch(model, threshold, min_channels, multiplier)
+        return _count(arch, model.in_channels, model.num_classes, image_size, target)
+
+    widest = max((g.width for g in channel_groups(model.arch)), default=1)
+    low = 1.0 / (2 * widest)  # every group at its floor: the smallest network the shrink can give
+    smallest = count(low)
+    unit = "MACs" if target == "flops" else "parameters"
+    if smallest > budget:
+        raise PluginError(
+            f"morphnet: budget {budget:,.0f} {unit} is below the smallest network the shrink can give "
+            f"({smallest:,} {unit}: every prunable group at min_channels={min_channels}); raise morph.options.budget"
+        )
+    high = 2.0
+    while count(high) <= budget:  # grow the bracket until it holds the budget
+        low, high = high, high * 2
+        if high > 1024:
+            break
+    for _ in range(BISECTION_STEPS):
+        middle = (low + high) / 2
+        if count(middle) <= budget:
+            low = middle
+        else:
+            high = middle
+    return low, count(low)
+
+
 # ---------------------------------------------------------------- the compressor's steps
 
 
@@ -319,12 +373,18 @@ def compress(opts: MorphNetOptions, ctx: CompressContext) -> CompressResult:
     size = _resources(parent.arch, parent, image_size)
     reg_accuracy = _regularise(opts, parent, image_size, ctx)
     _report(ctx, "shrink", 0, 1)
-    shrunk = shrink(parent, opts.threshold, opts.min_channels, opts.width_multiplier, ctx.train_config.seed)
+    multiplier, budget = opts.width_multiplier, None
+    if opts.budget is not None:
+        budget = opts.budget * size[_resource_key(opts.target)] if opts.budget_kind == "relative" else opts.budget
+        multiplier, _ = multiplier_for_budget(parent, opts.threshold, opts.min_channels, budget, image_size, opts.target)
+    shrunk = shrink(parent, opts.threshold, opts.min_channels, multiplier, ctx.train_config.seed)
     shrunk_accuracy, _ = _evaluate(shrunk.model, ctx)
     _report(ctx, "shrink", 1, 1)
     accuracy, loss = _finetune(opts, shrunk.model, ctx)
     stats = _stats(opts, shrunk, size, _resources(shrunk.arch, shrunk.model, image_size))
-    stats.update(reg_val_accuracy=reg_accuracy, shrunk_val_accuracy=shrunk_accuracy)
+    stats.update(reg_val_accuracy=reg_accuracy, shrunk_val_accuracy=shrunk_accuracy, width_multiplier=multiplier)
+    if budget is not None:
+        stats.update(budget=budget, budget_resource=_resource_key(opts.target))
     return CompressResult(shrunk.model, shrunk.arch, accuracy, loss, stats)
 
 
@@ -373,6 +433,11 @@ def _stats(opts: MorphNetOptions, shrunk: ShrinkResult, before: dict[str, int], 
         "params_after": after["params"],
         "child_arch": format_arch(shrunk.arch),
     }
+
+
+def _resource_key(target: str) -> str:
+    """The `_resources` entry a target counts."""
+    return "macs" if target == "flops" else "params"
 
 
 def _resources(arch: Arch, model: ArchNet, image_size: tuple[int, int]) -> dict[str, int]:

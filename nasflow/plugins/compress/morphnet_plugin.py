@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ...hookspecs import hookimpl
 from ...plugin_api import Compressor, PluginOptions
@@ -36,6 +36,24 @@ class MorphNetOptions(PluginOptions):
         1.0, gt=0, description="MorphNet's expand step: scale every surviving prunable width (1.0 = shrink only)"
     )
     min_channels: int = Field(1, ge=1, description="channels a group keeps at least (unless its block vanishes)")
+    budget: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "MorphNet's expand step to a resource budget: the uniform width multiplier of the shrunk network is "
+            "found by bisection so its `target` count (MACs or params) is the largest within the budget; "
+            "null: expand by `width_multiplier` instead"
+        ),
+    )
+    budget_kind: Literal["relative", "absolute"] = Field(
+        "relative", description="budget as a share of the seed network's count (relative) or as a count (absolute)"
+    )
+
+    @model_validator(mode="after")
+    def _one_expand_rule(self) -> "MorphNetOptions":
+        if self.budget is not None and self.width_multiplier != 1.0:
+            raise ValueError("set either budget (the multiplier is then found) or width_multiplier, not both")
+        return self
 
 
 class MorphNetCompressor(Compressor):
