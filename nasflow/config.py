@@ -208,9 +208,20 @@ class TrainStageConfig(Section):
     top_k: int = Field(2, ge=1, description="best search candidates trained fully")
     archs: list[str] = Field(
         default_factory=list,
-        description="architecture strings or zoo names (zoo:mobilenet_v2@0.5) trained as well (with search off: instead)",
+        description=(
+            "architecture strings or zoo names (zoo:mobilenet_v2@0.5) trained as well (with search off: instead); "
+            "an entry {arch: A, widths: [0.5, 1.0], divisor: 8} is a width-multiplier sweep: A with every channel "
+            "width scaled by each factor (one architecture per width)"
+        ),
     )
     config: TrainConfig = Field(default_factory=TrainConfig)
+
+    @field_validator("archs", mode="before")
+    @classmethod
+    def _expand_width_sweeps(cls, archs: Any) -> Any:
+        if not isinstance(archs, list):
+            return archs
+        return [text for entry in archs for text in (_width_sweep(entry) if isinstance(entry, dict) else [entry])]
 
     @field_validator("archs")
     @classmethod
@@ -220,6 +231,27 @@ class TrainStageConfig(Section):
         for text in archs:
             resolve_arch(text)  # ArchError is a ValueError: reported at the entry's line
         return archs
+
+
+def _width_sweep(entry: dict) -> list[str]:
+    """The architecture strings of a `train.archs` width sweep `{arch, widths, divisor}`."""
+    from .arch import format_arch, resolve_arch  # noqa: PLC0415
+    from .arch.scaling import DEFAULT_DIVISOR, scale_width  # noqa: PLC0415
+
+    unknown = sorted(set(entry) - {"arch", "widths", "divisor"})
+    if unknown or "arch" not in entry or "widths" not in entry:
+        raise ValueError(
+            "a width sweep is {arch: ARCH_OR_ZOO_NAME, widths: [factors], divisor: 8}"
+            + (f"; unknown keys: {', '.join(unknown)}" if unknown else "; arch and widths are required")
+        )
+    widths = entry["widths"]
+    if not isinstance(widths, list) or not widths or not all(isinstance(w, (int, float)) and w > 0 for w in widths):
+        raise ValueError(f"width sweep widths must be a non-empty list of positive factors, got {widths!r}")
+    divisor = entry.get("divisor", DEFAULT_DIVISOR)
+    if not isinstance(divisor, int) or divisor < 1:
+        raise ValueError(f"width sweep divisor must be a positive integer, got {divisor!r}")
+    base = resolve_arch(entry["arch"])
+    return list(dict.fromkeys(format_arch(scale_width(base, float(w), divisor)) for w in widths))
 
 
 class MorphConfig(Section):

@@ -32,6 +32,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.litert",
     "nasflow.plugins.devices.android",
     "nasflow.plugins.compress.morphnet_plugin",
+    "nasflow.plugins.compress.width_multiplier",
     "nasflow.spaces.layerwise",
     "nasflow.spaces.mnasnet",
     "nasflow.spaces.fbnet",
