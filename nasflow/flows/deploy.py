@@ -61,13 +61,18 @@ def artifact_path(ctx: RunContext, candidate: dict, fmt: str) -> Path:
     return ctx.spec.deploy.out_dir / ctx.run_id / name
 
 
-def calibration_images(data: Dataset, count: int, fmt: str, seed: int) -> np.ndarray:
-    """`count` training images drawn without replacement (seeded): the int8 ranges are set on real data."""
+def check_calibration_count(data: Dataset, count: int, fmt: str) -> None:
     available = data.size("train")
     if count > available:
         raise ExportError(
             f"deploy.options.{fmt}.calibration_images is {count} but the training split has only {available} images"
         )
+
+
+def calibration_images(data: Dataset, count: int, fmt: str, seed: int) -> np.ndarray:
+    """`count` training images drawn without replacement (seeded): the int8 ranges are set on real data."""
+    check_calibration_count(data, count, fmt)
+    available = data.size("train")
     rows = np.sort(np.random.default_rng(seed).choice(available, size=count, replace=False))
     return data.batch("train", rows)
 
@@ -90,11 +95,8 @@ def check_deploy_settings(spec: Spec, data: Dataset, run_id: str) -> list[str]:
     notes = []
     for fmt in spec.deploy.formats:
         exporter = exporter_for(spec, fmt)
-        if exporter.quantized and exporter.calibration_images > data.size("train"):
-            raise ExportError(
-                f"deploy.options.{fmt}.calibration_images is {exporter.calibration_images} but the training split "
-                f"has only {data.size('train')} images"
-            )
+        if exporter.quantized:
+            check_calibration_count(data, exporter.calibration_images, fmt)
         note = exporter.note()
         if note:
             notes.append(f"{fmt}: {note}")
