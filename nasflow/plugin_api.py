@@ -104,6 +104,11 @@ class Exporter(Plugin):
         """None when this format can be written and run here; otherwise what is missing."""
         return None
 
+    def note(self) -> str | None:
+        """Said once before deploying when this format will produce something other than its name
+        suggests here (edgetpu without the compiler); None otherwise."""
+        return None
+
     @property
     def calibration_images(self) -> int:
         """How many training images `export` calibrates on (0: it needs none)."""
@@ -121,6 +126,12 @@ class Exporter(Plugin):
     @abstractmethod
     def runner(self, path: Path) -> "Callable[[np.ndarray], np.ndarray]":
         """A function running the file at `path` by its own runtime: float32 batch in, float32 logits out."""
+
+    def describe(self, path: Path) -> dict[str, Any] | None:
+        """What the deployment folder's manifest says about the file beyond the registry row: its
+        `inputs` and `outputs` tensors (name, shape, dtype, quantization; see nasflow.export.tensors),
+        read from the file, and any format-specific fields; None: nothing known."""
+        return None
 
     def verify(self, model: "torch.nn.Module", path: Path, inputs: CheckInputs) -> ArtifactCheck:
         """Compare the file with `model` on `inputs`; the verdict follows the format's kind."""

@@ -12,6 +12,8 @@ import textwrap
 import onnx
 import pytest
 
+from nasflow.errors import ExportError
+
 from nasflow.data import load_dataset
 from nasflow.export import onnx_accuracy
 from nasflow.flows.context import RunContext
@@ -192,7 +194,7 @@ def test_a_third_party_exporter_is_a_deploy_format(run, tmp_path, monkeypatch):
 def test_calibrating_on_more_images_than_the_training_split_says_so(run):
     tmp, spec, first = run
     before = artifact_rows(tmp, first.run_id)
-    summary = redeploy(tmp, spec, "formats: [onnx-int8], options: {onnx-int8: {calibration_images: 100000}}")
-    [failure] = summary.stages["deploy"]["failures"]
-    assert "deploy.options.onnx-int8.calibration_images is 100000 but the training split has only" in failure
-    assert summary.artifacts == [] and artifact_rows(tmp, first.run_id) == before  # nothing written, nothing lost
+    # Refused before the run's first stage, with one message: nothing written, nothing lost.
+    with pytest.raises(ExportError, match="deploy.options.onnx-int8.calibration_images is 100000 but the training split has only"):
+        redeploy(tmp, spec, "formats: [onnx-int8], options: {onnx-int8: {calibration_images: 100000}}")
+    assert artifact_rows(tmp, first.run_id) == before

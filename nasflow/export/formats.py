@@ -75,8 +75,13 @@ class OnnxExporter(Exporter):
     def runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
         return _onnx_runner(path)
 
+    def describe(self, path: Path) -> dict:
+        from nasflow.export.tensors import onnx_tensors
 
-class OnnxInt8Exporter(Exporter):
+        return onnx_tensors(path)
+
+
+class OnnxInt8Exporter(OnnxExporter):
     """ONNX Runtime static quantization (QDQ, int8 weights and activations), float32 input and output."""
 
     name = "onnx-int8"
@@ -121,6 +126,11 @@ class TFLiteExporter(Exporter):
         from nasflow.export.tflite_fp32 import tflite_runner
 
         return tflite_runner(path)
+
+    def describe(self, path: Path) -> dict:
+        from nasflow.export.tensors import tflite_tensors
+
+        return tflite_tensors(path)
 
 
 class TFLiteInt8Exporter(TFLiteExporter):

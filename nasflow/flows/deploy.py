@@ -6,11 +6,14 @@ out_dir): changed settings export new files beside the old ones. Formats are exp
 (nasflow.export.formats); nothing here names one. Every artifact is verified (nasflow.export.verify)
 and evaluated on the test split by its own runtime; one that passes is timed on every spec device
 that runs its format, and a device failing to time it records a failed measurement. One that
-fails is recorded with its numbers and not timed.
+fails is recorded with its numbers and not timed. The folder then gets `manifest.json` and
+`MODEL_CARD.md` (nasflow.export.folder), rebuilt from the registry after every deploy.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from .context import RunContext
 from .evaluate import describe_error, make_devices, measure_artifact_everywhere
 from .morph import current_morph_rows
 from .records import failed_measurement_row, measurement_rows, stable_id, stage_key
-from .selection import best_candidates, over_cap
+from .selection import best_candidates, over_cap, with_latency
 from .train import current_train_rows, load_trained
 
 STAGE = "deploy"
@@ -58,15 +61,46 @@ def artifact_path(ctx: RunContext, candidate: dict, fmt: str) -> Path:
     return ctx.spec.deploy.out_dir / ctx.run_id / name
 
 
-def calibration_images(data: Dataset, count: int, fmt: str, seed: int) -> np.ndarray:
-    """`count` training images drawn without replacement (seeded): the int8 ranges are set on real data."""
+def check_calibration_count(data: Dataset, count: int, fmt: str) -> None:
     available = data.size("train")
     if count > available:
         raise ExportError(
             f"deploy.options.{fmt}.calibration_images is {count} but the training split has only {available} images"
         )
+
+
+def calibration_images(data: Dataset, count: int, fmt: str, seed: int) -> np.ndarray:
+    """`count` training images drawn without replacement (seeded): the int8 ranges are set on real data."""
+    check_calibration_count(data, count, fmt)
+    available = data.size("train")
     rows = np.sort(np.random.default_rng(seed).choice(available, size=count, replace=False))
     return data.batch("train", rows)
+
+
+def check_deploy_settings(spec: Spec, data: Dataset, run_id: str) -> list[str]:
+    """Refuse, before any work, deploy settings that cannot succeed: an output folder that cannot
+    be written, more calibration images than the training split. Returns the notes to show (a
+    format that will produce something other than what its name suggests, e.g. edgetpu without
+    the compiler)."""
+    folder = spec.deploy.out_dir / run_id
+    probe = folder / f".nasflow-write-check-{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ExportError(
+            f"deploy.out_dir: cannot write to {folder} ({exc.strerror or exc}); choose a writable deploy.out_dir"
+        ) from None
+    notes = []
+    for fmt in spec.deploy.formats:
+        exporter = exporter_for(spec, fmt)
+        if exporter.quantized:
+            check_calibration_count(data, exporter.calibration_images, fmt)
+        note = exporter.note()
+        if note:
+            notes.append(f"{fmt}: {note}")
+    return notes
 
 
 def check_inputs(data: Dataset, spec: Spec) -> CheckInputs:
@@ -87,7 +121,6 @@ def _deploy(ctx: RunContext, candidate: dict, fmt: str, devices) -> tuple[dict, 
         calibration_images(data, exporter.calibration_images, fmt, spec.execution.seed) if exporter.quantized else None
     )
     example = data.batch("val", slice(0, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
     exporter.export(model, example, path, calibration)
     check = exporter.verify(model, path, check_inputs(data, spec))
     artifact = {
@@ -131,6 +164,31 @@ def _intact(previous: dict | None) -> bool:
     )
 
 
+def write_deployment_folder(ctx: RunContext, data: Dataset, artifact_ids: list[str]) -> Path:
+    """manifest.json and MODEL_CARD.md of the current deploy settings' artifacts, from the registry."""
+    from ..export.folder import build_manifest, model_card, write_folder
+
+    spec = ctx.spec
+    registry = ctx.registry()
+    wanted = set(artifact_ids)
+    artifacts = [a for a in registry.get_artifacts(ctx.run_id) if a["artifact_id"] in wanted]
+    candidates = registry.get_candidates(ctx.run_id)
+    deployed = [c for c in candidates if c["candidate_id"] in {a["candidate_id"] for a in artifacts}]
+    devices = [d.name for d in spec.devices]
+    live = {c["candidate_id"]: c["latency"] for c in with_latency(registry, deployed, spec.objective_device, devices)}
+    described = {a["artifact_id"]: exporter_for(spec, a["format"]).describe(Path(a["path"])) for a in artifacts}
+    counts = {stage: sum(1 for c in candidates if c["stage"] == stage) for stage in ("search", "train", "morph")}
+    dataset = {"name": data.name, "class_names": data.class_names, "mean": data.mean, "std": data.std,
+               "input_shape": list(data.input_shape[1:]), "test_images": data.size("test")}
+    manifest = build_manifest(
+        spec, registry.get_run(ctx.run_id), candidates, artifacts,
+        registry.get_measurements([c["candidate_id"] for c in deployed]), live, dataset, described,
+    )
+    folder = spec.deploy.out_dir / ctx.run_id
+    write_folder(folder, manifest, model_card(manifest, spec, counts))
+    return folder
+
+
 def current_pool(ctx: RunContext) -> tuple[list[dict], int]:
     """(Models deploy chooses from: the current settings' trained and compressed models whose
     weights are on disk; how many of them break objectives.max_latency_ms)."""
@@ -152,8 +210,11 @@ def deploy_stage(ctx: RunContext) -> dict[str, Any]:
     jobs = [(c, fmt) for c in chosen for fmt in spec.deploy.formats]
     cap_note = f"; {over} models over objectives.max_latency_ms left out" if over else ""
     rep.stage_start(STAGE, len(jobs), f"exporting {len(chosen)} models as {', '.join(spec.deploy.formats)}{cap_note}")
+    data = load_dataset(spec.dataset)
+    for note in check_deploy_settings(spec, data, ctx.run_id):  # raises before any export
+        rep.message(note)
     devices = make_devices(spec.devices)
-    deployed, failures, reused = [], [], 0
+    deployed, failures, reused, recorded = [], [], 0, []
     for candidate, fmt in jobs:
         previous = existing.get(artifact_id(ctx, candidate, fmt))
         if _intact(previous):
@@ -168,6 +229,7 @@ def deploy_stage(ctx: RunContext) -> dict[str, Any]:
             rep.advance(STAGE, 1, f"failed: {describe_error(exc)}")
             continue
         registry.add_artifacts([artifact], mrows, replace=True)
+        recorded.append(artifact["artifact_id"])
         if not artifact["verified"]:
             failures.append(f"{candidate['arch_hash']} {fmt}: {artifact['failure']}")
             rep.advance(STAGE, 1, f"{fmt} failed verification: {artifact['failure']}")
@@ -175,8 +237,11 @@ def deploy_stage(ctx: RunContext) -> dict[str, Any]:
         deployed.append(artifact)
         timing = [f"{m['device']} failed: {m['extra']['error']}" for m in mrows if m.get("median_ms") is None and m["metric"] == "latency"]
         rep.advance(STAGE, 1, _summary(artifact) + "".join(f"; {t}" for t in timing))
-    rep.stage_end(STAGE, f"{len(deployed)} artifacts ({reused} reused), {len(failures)} failed{cap_note}")
+    folder = write_deployment_folder(ctx, data, [a["artifact_id"] for a in deployed] + recorded) if jobs else None
+    rep.stage_end(STAGE, f"{len(deployed)} artifacts ({reused} reused), {len(failures)} failed{cap_note}"
+                  + (f"; manifest and model card in {folder}" if folder else ""))
     return {
         "artifacts": [a["path"] for a in deployed], "artifact_ids": [a["artifact_id"] for a in deployed],
+        "folder": str(folder) if folder else None,
         "failures": failures, "reused": reused, "over_cap": over,
     }

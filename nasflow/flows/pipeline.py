@@ -18,7 +18,7 @@ from ..registry import Registry
 from ..spec import LoadedSpec, space_for_data
 from ..train_device import resolve_device
 from .context import RunContext
-from .deploy import deploy_stage
+from .deploy import check_deploy_settings, deploy_stage
 from .evaluate import make_devices, model_for, threads_per_task
 from .morph import morph_stage
 from .prefect_server import ApiServer, start_run_helpers, use_api_server
@@ -38,6 +38,8 @@ def pipeline_flow(ctx: RunContext) -> dict[str, Any]:
     # Work done in this process (compression, reloads) shares the cores with the workers.
     torch.set_num_threads(threads_per_task(spec.execution.workers))
     results: dict[str, Any] = {}
+    if spec.deploy.enabled:  # bad deploy settings stop the run before its first stage, not after training
+        check_deploy_settings(spec, load_dataset(spec.dataset), ctx.run_id)
     if spec.profile.enabled:
         results["profile"] = profile_stage(ctx)
     if spec.search.enabled:
