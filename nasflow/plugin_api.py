@@ -419,6 +419,23 @@ class SupernetOptions(PluginOptions):
         return share
 
 
+@dataclass(frozen=True)
+class LatencyTable:
+    """One device's latency of a supernet's choices, in ms: an architecture of the supernet takes
+    `base_ms` (stem, head, fixed blocks, the runtime's per-model cost) plus, per searchable layer,
+    the entry of its candidate (0 for a skip). `source` is where the numbers came from: `lut` (the
+    device's LUT, FBNet's sum) or `predicted` (its calibrated predictor, split per operator)."""
+
+    device: str
+    source: str
+    base_ms: float
+    layers: tuple[tuple[float, ...], ...]
+
+    def total(self, choice: Sequence[int]) -> float:
+        """The latency of one choice per searchable layer."""
+        return self.base_ms + sum(layer[c] for layer, c in zip(self.layers, choice))
+
+
 @dataclass
 class SupernetContext:
     """What the search stage hands a supernet strategy's `run`.
@@ -443,6 +460,10 @@ class SupernetContext:
     run trains again keeps the rows it logged the first time."""
     progress: Callable[[int, int, str], None] | None = None
     """`progress(epoch, epochs, note)` after each finished epoch, for the progress bar."""
+    latency: dict[str, LatencyTable] = field(default_factory=dict)
+    """Per spec device with a LUT (or calibrated predictor), its per-layer, per-candidate table."""
+    objective_device: str | None = None
+    """The spec's objective device: the one a latency term uses unless the strategy names another."""
 
 
 @dataclass
@@ -463,6 +484,12 @@ class SupernetStrategy(Strategy):
     protocol = "supernet"
     needs_supernet = True
     Options: ClassVar[type[BaseModel]] = SupernetOptions
+
+    @classmethod
+    def latency_device(cls, options: BaseModel, objective_device: str) -> str | None:
+        """The device whose latency table the strategy's loss uses, or None when its loss has no
+        latency term; the spec checks refuse a device without a LUT before any training."""
+        return None
 
     @abstractmethod
     def run(self, ctx: SupernetContext) -> list[DerivedArch]:

@@ -124,6 +124,10 @@ class LutSumPredictor(_LutBased):
     def predict(self, arch: Arch | str) -> float:
         return float(sum(self.lookup(op) for op in self.ops(arch)))
 
+    def op_ms(self, op: LutOp) -> float:
+        """One operator's share of a prediction (a prediction is the sum over its operators)."""
+        return float(self.lookup(op))
+
     def predict_many(self, archs: Iterable[Arch | str]) -> list[float]:
         return [self.predict(a) for a in archs]
 
@@ -181,14 +185,25 @@ class CalibratedLutPredictor(_LutBased):
 
     def features(self, arch: Arch | str) -> np.ndarray:
         """Feature vector of one architecture, in FEATURE_NAMES order."""
-        values = dict.fromkeys(FEATURE_NAMES, 0.0)
-        values["overhead"] = 1.0
+        total = np.zeros(len(FEATURE_NAMES))
+        total[FEATURE_NAMES.index("overhead")] = 1.0
         for op in self.ops(arch):
-            values[_FAMILY_FEATURE[op.family]] += self.lookup(op)
-            values["operators"] += 1
-            values["mmacs"] += op.macs * self.batch_size / 1e6
-            values["kact"] += op.activations * self.batch_size / 1e3
+            total += self.op_features(op)
+        return total
+
+    def op_features(self, op: LutOp) -> np.ndarray:
+        """One operator's part of an architecture's feature vector (the overhead is no operator's)."""
+        values = dict.fromkeys(FEATURE_NAMES, 0.0)
+        values[_FAMILY_FEATURE[op.family]] = self.lookup(op)
+        values["operators"] = 1.0
+        values["mmacs"] = op.macs * self.batch_size / 1e6
+        values["kact"] = op.activations * self.batch_size / 1e3
         return np.array([values[name] for name in FEATURE_NAMES])
+
+    def op_ms(self, op: LutOp) -> float:
+        """One operator's share of a prediction: a prediction is the fitted overhead plus the sum
+        of its operators' shares (before the floor at MIN_PREDICTION_MS)."""
+        return float(self.op_features(op) @ self.coef)
 
     def _matrix(self, archs: Sequence[Arch | str]) -> np.ndarray:
         return np.vstack([self.features(a) for a in archs])

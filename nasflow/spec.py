@@ -344,6 +344,8 @@ def _strategy_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list
             f"{at('search', 'warm_start', 'enabled')}: search.warm_start.enabled: {name!r} trains a supernet and "
             "takes no earlier candidates as seeds; turn warm_start off or use an ask/tell strategy"
         )
+    if strategy.protocol == "supernet":
+        messages += _latency_term_messages(spec, strategy, plugins.options("search", name, spec.search.options), at)
     minimum = strategy.minimum_budget(plugins.options("search", name, spec.search.options))
     if spec.search.enabled and spec.search.budget < minimum:
         messages.append(
@@ -351,6 +353,22 @@ def _strategy_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list
             f"options ({minimum}: its first population); raise the budget or shrink the population"
         )
     return messages
+
+
+def _latency_term_messages(spec: Spec, strategy, options, at) -> list[str]:
+    """A one-shot strategy's latency term needs its device in the spec and a LUT the profile stage builds."""
+    device = strategy.latency_device(options, spec.objective_device)
+    if device is None:
+        return []
+    names = [d.name for d in spec.devices]
+    if device not in names:
+        return [f"{at('search', 'options')}: search.options.latency_device: {device!r} is not in devices ({', '.join(names)})"]
+    if not (spec.profile.enabled and spec.profile.lut):
+        return [
+            f"{at('search', 'options')}: search.options: {spec.search.strategy!r} has a latency term on {device}, "
+            "which needs that device's latency LUT; set profile.enabled and profile.lut: true"
+        ]
+    return []
 
 
 def _space_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:

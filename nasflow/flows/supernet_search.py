@@ -49,6 +49,35 @@ def split_training(labels: np.ndarray, arch_share: float, seed: int) -> tuple[np
     return weight_pos, arch_pos
 
 
+def latency_tables(registry, supernet, devices: dict[str, DeviceBackend], latency_models: dict[str, LatencyModel] | None,
+                   data: Dataset, needed: str | None) -> dict:
+    """Each device's per-layer, per-candidate latency table (`nasflow.supernet_latency`): from the
+    search's latency model when the search predicts latency, else from the LUT the profile stage
+    stored, else none. SpecError, before any training, when the strategy's loss uses a device
+    that has neither."""
+    from ..lut import device_batch_size, device_fingerprint_hash, stored_lut
+    from ..predictors import LutSumPredictor
+    from ..supernet_latency import latency_table
+
+    tables = {}
+    for name, device in devices.items():
+        batch = device_batch_size(device)
+        if latency_models and name in latency_models:
+            predictor, source = latency_models[name].predictor, latency_models[name].source
+        else:
+            stored = stored_lut(registry, name, device_fingerprint_hash(device))
+            if not stored:
+                continue
+            predictor, source = LutSumPredictor(stored, data.in_channels, data.num_classes, data.image_size, batch), "lut"
+        tables[name] = latency_table(name, source, predictor, supernet, data.in_channels, data.image_size, batch)
+    if needed is not None and needed not in tables:
+        raise SpecError(
+            f"the latency term of the search uses {needed}, which has no latency LUT with its current fingerprint; "
+            "set profile.enabled and profile.lut: true (the profile stage builds it)"
+        )
+    return tables
+
+
 def supernet_accuracy(model, data: Dataset, weight_positions: np.ndarray, batch_size: int) -> tuple[float, float]:
     """(validation accuracy, loss) of a derived network holding the supernet's weights, after its
     BatchNorm statistics are re-estimated on the weight split (see recalibrate_batchnorm)."""
@@ -85,6 +114,8 @@ def supernet_search(
             for metric, value in metrics.items()
         ])
 
+    needed = type(strategy).latency_device(strategy.options, spec.objective_device)
+    tables = latency_tables(registry, supernet, devices, latency_models, data, needed)
     epochs = getattr(strategy.options, "epochs", None)
     rep.stage_start(STAGE, epochs, f"{name}: supernet of {len(supernet.layers)} searchable layers, "
                                    f"{len(weight_pos):,} images for weights / {len(arch_pos):,} for the architecture")
@@ -93,6 +124,7 @@ def supernet_search(
         train_config=spec.train.config, device=spec.execution.device, amp=spec.execution.amp,
         checkpoint_dir=ctx.work_dir / "supernet" / name, log=log,
         progress=lambda done, total, note: rep.advance(STAGE, 1, f"epoch {done}/{total}: {note}"),
+        latency=tables, objective_device=spec.objective_device,
     )
     import torch
 

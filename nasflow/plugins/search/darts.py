@@ -8,15 +8,17 @@ against DARTS' collapse into skip connections (see `derive` and `skip_collapse`)
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from ...hookspecs import hookimpl
-from ...plugin_api import DerivedArch, Genome, SupernetContext, SupernetOptions, SupernetStrategy
+from ...plugin_api import DerivedArch, Genome, SupernetContext, SupernetStrategy
+from .oneshot_common import (
+    LatencyTermOptions, argmax_choice, batching, cosine_lr, distribution_metrics, expected_latency, genome_of,
+    load_checkpoint, mixed_accuracy, save_checkpoint, shuffled, softmax_weights, table_for, table_tensors, term_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 CHECKPOINT = "darts.pt"
 
 
-class DartsOptions(SupernetOptions):
+class DartsOptions(LatencyTermOptions):
     epochs: int = Field(10, ge=1, description="supernet training epochs")
     order: Literal[1, 2] = Field(1, description="1: first-order DARTS; 2: the unrolled second-order architecture step")
     w_lr: float | None = Field(None, gt=0, description="SGD learning rate of the weights (cosine-annealed); default train.config.lr")
@@ -37,12 +39,9 @@ class DartsOptions(SupernetOptions):
     skip_patience: int = Field(3, ge=1, description="epochs in a row the skip weight must grow before the search stops")
     skip_stop_weight: float = Field(0.5, gt=0, le=1, description="mean skip weight above which growth stops the search")
     early_stop: bool = Field(True, description="stop on the growth of skip weights (skip_patience, skip_stop_weight)")
-
-
-def softmax_weights(alphas: list["torch.Tensor"]) -> list[list[float]]:
-    import torch.nn.functional as F
-
-    return [F.softmax(a.detach().float().cpu(), 0).tolist() for a in alphas]
+    latency_weight: float = Field(
+        0.0, ge=0, description="architecture loss += this x expected latency (ms) on latency_device, from its LUT; 0: no latency term"
+    )
 
 
 def skip_weight(weights: list[list[float]], skip_index: list[int | None]) -> float | None:
@@ -66,7 +65,7 @@ def derive(weights: list[list[float]], skip_index: list[int | None], max_skips: 
     """Each layer's strongest candidate, with at most `max_skips` skips: beyond the cap, the layers
     whose skip is weakest take their strongest other candidate instead (as P-DARTS caps skips).
     Returns (choice per searchable layer, skips replaced)."""
-    choice = [max(range(len(w)), key=w.__getitem__) for w in weights]
+    choice = argmax_choice(weights)
     skipped = [i for i, (c, s) in enumerate(zip(choice, skip_index)) if s is not None and c == s]
     if max_skips is None or len(skipped) <= max_skips:
         return choice, 0
@@ -135,6 +134,10 @@ class Darts(SupernetStrategy):
     description = "DARTS (first or second order): softmax-mixed supernet, weights by SGD, architecture by Adam, skip-collapse guard"
     Options = DartsOptions
 
+    @classmethod
+    def latency_device(cls, options: DartsOptions, objective_device: str) -> str | None:
+        return term_device(options, objective_device, options.latency_weight > 0)
+
     def run(self, ctx: SupernetContext) -> list[DerivedArch]:
         # torch is imported here, not above: every command loads every plugin (see README).
         import torch
@@ -143,7 +146,9 @@ class Darts(SupernetStrategy):
         from ...train_device import resolve_device
 
         opts, supernet, data = self.options, ctx.supernet, ctx.dataset
+        table = table_for(ctx, self.latency_device(opts, ctx.objective_device or ""))
         device = resolve_device(ctx.device)
+        self._latency = None if table is None else (table.base_ms, table_tensors(table, device))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = SupernetModel(supernet, data.in_channels, data.num_classes).to(device)
@@ -157,8 +162,8 @@ class Darts(SupernetStrategy):
         gen = torch.Generator().manual_seed(self.seed)
         state = {"epoch": 0, "history": [], "skip_history": [], "stopped": None}
         path = Path(ctx.checkpoint_dir) / CHECKPOINT
-        if path.exists():
-            saved = torch.load(path, map_location=device, weights_only=False)
+        saved = load_checkpoint(path, device)
+        if saved is not None:
             model.load_state_dict(saved["model"])
             with torch.no_grad():
                 for a, s in zip(alphas, saved["alphas"]):
@@ -167,12 +172,11 @@ class Darts(SupernetStrategy):
             a_opt.load_state_dict(saved["a_opt"])
             gen.set_state(saved["generator"])
             state = saved["state"]
-        batch = max(2, min(ctx.train_config.batch_size, len(ctx.weight_split), len(ctx.arch_split)))
-        steps = max(1, min(len(ctx.weight_split), len(ctx.arch_split)) // batch)
+        batch, steps = batching(ctx)
         while state["stopped"] is None and state["epoch"] < opts.epochs:
             epoch = state["epoch"]
-            for group in w_opt.param_groups:  # cosine by epoch: a resumed run needs no schedule state
-                group["lr"] = 0.5 * w_lr * (1 + math.cos(math.pi * epoch / opts.epochs))
+            for group in w_opt.param_groups:
+                group["lr"] = cosine_lr(w_lr, epoch, opts.epochs)
             w_loss, a_loss = self._epoch(model, alphas, w_opt, a_opt, ctx, gen, device, batch, steps)
             weights = softmax_weights(alphas)
             state["history"].append(weights)
@@ -180,11 +184,22 @@ class Darts(SupernetStrategy):
             state["epoch"] = epoch + 1
             if opts.early_stop and skip_collapse(state["skip_history"], opts.skip_patience, opts.skip_stop_weight):
                 state["stopped"] = epoch + 1
-            ctx.log(epoch + 1, self._metrics(model, alphas, weights, skip_index, ctx, device, w_loss, a_loss, state))
-            self._save(path, model, alphas, w_opt, a_opt, gen, state)
+            ctx.log(epoch + 1, self._metrics(model, alphas, weights, ctx, w_loss, a_loss, state))
+            save_checkpoint(path, {"model": model.state_dict(), "alphas": [a.detach() for a in alphas],
+                                   "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
+                                   "generator": gen.get_state(), "state": state})
             if ctx.progress is not None:
                 ctx.progress(epoch + 1, opts.epochs, f"loss {w_loss:.3g}, val acc (supernet) {self._last_acc:.3f}")
         return [self._derived(model, state, skip_index)]
+
+    def _latency_loss(self, alphas) -> "torch.Tensor | None":
+        """latency_weight x the expected latency (ms) under softmax(alpha), or None without a term."""
+        import torch.nn.functional as F
+
+        if self._latency is None:
+            return None
+        base, tables = self._latency
+        return self.options.latency_weight * expected_latency(base, tables, [F.softmax(a, 0) for a in alphas])
 
     def _epoch(self, model, alphas, w_opt, a_opt, ctx, gen, device, batch, steps) -> tuple[float, float]:
         """One pass: per batch an architecture step on the arch split, then a weight step on the weight split."""
@@ -194,8 +209,7 @@ class Darts(SupernetStrategy):
         from ...train import to_device
 
         data, labels = ctx.dataset, ctx.dataset.train_y
-        w_order = ctx.weight_split[torch.randperm(len(ctx.weight_split), generator=gen).numpy()]
-        a_order = ctx.arch_split[torch.randperm(len(ctx.arch_split), generator=gen).numpy()]
+        w_order, a_order = shuffled(ctx.weight_split, gen), shuffled(ctx.arch_split, gen)
         model.train()
         w_losses, a_losses = [], []
         for step in range(steps):
@@ -203,13 +217,19 @@ class Darts(SupernetStrategy):
             xa, ya = to_device(data.batch("train", a_order[part]), device), to_device(labels[a_order[part]], device)
             xw, yw = to_device(data.batch("train", w_order[part]), device), to_device(labels[w_order[part]], device)
             a_opt.zero_grad(set_to_none=True)
+            latency = self._latency_loss(alphas)
             if self.options.order == 2:
                 xi = w_opt.param_groups[0]["lr"]  # the virtual step takes the weights' own step size
                 loss, grads = second_order_arch_grads(model, alphas, (xw, yw), (xa, ya), xi)
+                if latency is not None:  # the latency term does not depend on the weights: its gradient adds
+                    grads = [g + d for g, d in zip(grads, torch.autograd.grad(latency, alphas))]
+                    loss = loss + latency.detach()
                 for a, g in zip(alphas, grads):
                     a.grad = g
             else:
                 loss = F.cross_entropy(model(xa, [F.softmax(a, 0) for a in alphas]), ya)
+                if latency is not None:
+                    loss = loss + latency
                 loss.backward()
             a_opt.step()
             a_losses.append(loss.detach())
@@ -221,41 +241,22 @@ class Darts(SupernetStrategy):
             w_losses.append(loss.detach())
         return float(torch.stack(w_losses).mean()), float(torch.stack(a_losses).mean())
 
-    def _metrics(self, model, alphas, weights, skip_index, ctx, device, w_loss, a_loss, state) -> dict[str, float]:
+    def _metrics(self, model, alphas, weights, ctx, w_loss, a_loss, state) -> dict[str, float]:
         """What an epoch logs: losses, the supernet's validation accuracy under the current mix, the
-        mean entropy of the layers' distributions, the skip weight, and per layer each candidate's
-        weight and the current choice."""
-        import torch
+        skip weight, and the distribution's metrics (per-layer weights and choice, entropy,
+        expected latency per device)."""
         import torch.nn.functional as F
 
-        from ...train import evaluate
-
-        mix = [F.softmax(a.detach(), 0) for a in alphas]
-
-        class Mixed(torch.nn.Module):  # evaluate() calls model(x): bind the current mix
-            def __init__(self):
-                super().__init__()
-                self.inner = model
-
-            def forward(self, x):
-                return model(x, mix)
-
-        accuracy, val_loss = evaluate(Mixed(), ctx.dataset)
+        accuracy, val_loss = mixed_accuracy(model, [F.softmax(a.detach(), 0) for a in alphas], ctx.dataset)
         self._last_acc = accuracy
-        entropy = sum(-sum(p * math.log(p) for p in w if p > 0) for w in weights) / max(len(weights), 1)
         metrics = {"train_loss": w_loss, "arch_loss": a_loss, "supernet_val_accuracy": accuracy,
-                   "supernet_val_loss": val_loss, "entropy": entropy}
+                   "supernet_val_loss": val_loss}
         skip = state["skip_history"][-1]
         if skip is not None:
             metrics["skip_weight"] = skip
         if state["stopped"] is not None:
             metrics["early_stop"] = 1.0
-        decisions = self.space.decisions
-        for layer, w in zip(ctx.supernet.layers, weights):
-            decision = decisions[layer.decision]
-            for label, p in zip(decision.choices, w):
-                metrics[f"weight.{decision.name}.{label}"] = p
-            metrics[f"choice.{decision.name}"] = float(max(range(len(w)), key=w.__getitem__))
+        metrics.update(distribution_metrics(self.space, ctx.supernet, weights, ctx.latency))
         return metrics
 
     def _derived(self, model, state, skip_index) -> DerivedArch:
@@ -266,25 +267,10 @@ class Darts(SupernetStrategy):
         if state["stopped"] is not None:
             at = max(0, len(history) - 1 - self.options.skip_patience)
         choice, capped = derive(history[at], skip_index, self.options.max_skips)
-        genome: list[int] = [0] * len(self.space.decisions)
-        for layer, c in zip(model.supernet.layers, choice):
-            genome[layer.decision] = c
-        genome_t: Genome = tuple(genome)
+        genome: Genome = genome_of(self.space, model.supernet, choice)
         extra = {"supernet_epochs": state["epoch"], "derived_at_epoch": at + 1, "skips_capped": capped,
                  "early_stopped_at": state["stopped"]}
-        return DerivedArch(genome_t, model.derive(genome_t, self.space.to_arch), extra)
-
-    @staticmethod
-    def _save(path: Path, model, alphas, w_opt, a_opt, gen, state) -> None:
-        """The whole search state after a finished epoch, written atomically (an interrupt mid-write
-        leaves the previous epoch's file)."""
-        import torch
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"model": model.state_dict(), "alphas": [a.detach() for a in alphas], "w_opt": w_opt.state_dict(),
-                    "a_opt": a_opt.state_dict(), "generator": gen.get_state(), "state": state}, tmp)
-        os.replace(tmp, path)
+        return DerivedArch(genome, model.derive(genome, self.space.to_arch), extra)
 
 
 @hookimpl
