@@ -24,6 +24,8 @@ BUILTIN_MODULES = (
     "nasflow.plugins.search.nsga2",
     "nasflow.plugins.search.optuna_search",
     "nasflow.plugins.search.darts",
+    "nasflow.plugins.search.fbnet",
+    "nasflow.plugins.search.proxyless",
     "nasflow.plugins.devices.torch_cpu",
     "nasflow.plugins.devices.onnxruntime_cpu",
     "nasflow.plugins.devices.cuda",

@@ -8,17 +8,14 @@ against DARTS' collapse into skip connections (see `derive` and `skip_collapse`)
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from ...hookspecs import hookimpl
-from ...plugin_api import DerivedArch, Genome, SupernetContext, SupernetStrategy
-from .oneshot_common import (
-    LatencyTermOptions, argmax_choice, batching, cosine_lr, distribution_metrics, expected_latency, genome_of,
-    load_checkpoint, mixed_accuracy, save_checkpoint, shuffled, softmax_weights, table_for, table_tensors, term_device,
-)
+from ...plugin_api import DerivedArch, Genome, SupernetContext
+from .oneshot_base import OneShotOptions, OneShotStrategy, Search
+from .oneshot_common import argmax_choice, genome_of, shuffled, term_device
 
 if TYPE_CHECKING:
     import torch
@@ -26,15 +23,8 @@ if TYPE_CHECKING:
 CHECKPOINT = "darts.pt"
 
 
-class DartsOptions(LatencyTermOptions):
-    epochs: int = Field(10, ge=1, description="supernet training epochs")
+class DartsOptions(OneShotOptions):
     order: Literal[1, 2] = Field(1, description="1: first-order DARTS; 2: the unrolled second-order architecture step")
-    w_lr: float | None = Field(None, gt=0, description="SGD learning rate of the weights (cosine-annealed); default train.config.lr")
-    w_momentum: float = Field(0.9, ge=0, lt=1)
-    w_weight_decay: float = Field(3e-4, ge=0)
-    grad_clip: float = Field(5.0, gt=0, description="gradient-norm clip of the weight step")
-    arch_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the architecture parameters")
-    arch_weight_decay: float = Field(1e-3, ge=0)
     max_skips: int | None = Field(2, ge=0, description="skips allowed in the derived architecture (null: no cap)")
     skip_patience: int = Field(3, ge=1, description="epochs in a row the skip weight must grow before the search stops")
     skip_stop_weight: float = Field(0.5, gt=0, le=1, description="mean skip weight above which growth stops the search")
@@ -127,97 +117,58 @@ def second_order_arch_grads(model, alphas, train_batch, val_batch, xi: float, ra
     return val_loss.detach(), [g.detach() for g in result]
 
 
-class Darts(SupernetStrategy):
+class Darts(OneShotStrategy):
     """DARTS: softmax relaxation per layer, bilevel SGD (weights) / Adam (architecture), first or second order."""
 
     name = "darts"
     description = "DARTS (first or second order): softmax-mixed supernet, weights by SGD, architecture by Adam, skip-collapse guard"
     Options = DartsOptions
+    checkpoint_name = CHECKPOINT
 
     @classmethod
     def latency_device(cls, options: DartsOptions, objective_device: str) -> str | None:
         return term_device(options, objective_device, options.latency_weight > 0)
 
-    def run(self, ctx: SupernetContext) -> list[DerivedArch]:
-        # torch is imported here, not above: every command loads every plugin (see README).
-        import torch
+    def initial_state(self) -> dict:
+        return {"skip_history": []}
 
-        from ...supernet import SupernetModel
-        from ...train_device import resolve_device
+    @staticmethod
+    def _skip_index(s: Search) -> list[int | None]:
+        """Per searchable layer, the index of its skip candidate (None: it has none)."""
+        return [next((j for j, b in enumerate(layer.candidates) if b.kind == "skip"), None)
+                for layer in s.model.supernet.layers]
 
-        opts, supernet, data = self.options, ctx.supernet, ctx.dataset
-        table = table_for(ctx, self.latency_device(opts, ctx.objective_device or ""))
-        device = resolve_device(ctx.device)
-        self._latency = None if table is None else (table.base_ms, table_tensors(table, device))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            model = SupernetModel(supernet, data.in_channels, data.num_classes).to(device)
-        alphas = [torch.zeros(len(layer.candidates), device=device, requires_grad=True) for layer in supernet.layers]
-        skip_index = [
-            next((j for j, b in enumerate(layer.candidates) if b.kind == "skip"), None) for layer in supernet.layers
-        ]
-        w_lr = opts.w_lr if opts.w_lr is not None else ctx.train_config.lr
-        w_opt = torch.optim.SGD(model.weight_parameters(), lr=w_lr, momentum=opts.w_momentum, weight_decay=opts.w_weight_decay)
-        a_opt = torch.optim.Adam(alphas, lr=opts.arch_lr, betas=(0.5, 0.999), weight_decay=opts.arch_weight_decay)
-        gen = torch.Generator().manual_seed(self.seed)
-        state = {"epoch": 0, "history": [], "skip_history": [], "stopped": None}
-        path = Path(ctx.checkpoint_dir) / CHECKPOINT
-        saved = load_checkpoint(path, device)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            with torch.no_grad():
-                for a, s in zip(alphas, saved["alphas"]):
-                    a.copy_(s)
-            w_opt.load_state_dict(saved["w_opt"])
-            a_opt.load_state_dict(saved["a_opt"])
-            gen.set_state(saved["generator"])
-            state = saved["state"]
-        batch, steps = batching(ctx)
-        while state["stopped"] is None and state["epoch"] < opts.epochs:
-            epoch = state["epoch"]
-            for group in w_opt.param_groups:
-                group["lr"] = cosine_lr(w_lr, epoch, opts.epochs)
-            w_loss, a_loss = self._epoch(model, alphas, w_opt, a_opt, ctx, gen, device, batch, steps)
-            weights = softmax_weights(alphas)
-            state["history"].append(weights)
-            state["skip_history"].append(skip_weight(weights, skip_index))
-            state["epoch"] = epoch + 1
-            if opts.early_stop and skip_collapse(state["skip_history"], opts.skip_patience, opts.skip_stop_weight):
-                state["stopped"] = epoch + 1
-            ctx.log(epoch + 1, self._metrics(model, alphas, weights, ctx, w_loss, a_loss, state))
-            save_checkpoint(path, {"model": model.state_dict(), "alphas": [a.detach() for a in alphas],
-                                   "w_opt": w_opt.state_dict(), "a_opt": a_opt.state_dict(),
-                                   "generator": gen.get_state(), "state": state})
-            if ctx.progress is not None:
-                ctx.progress(epoch + 1, opts.epochs, f"loss {w_loss:.3g}, val acc (supernet) {self._last_acc:.3f}")
-        return [self._derived(model, state, skip_index)]
+    def end_epoch(self, s: Search, weights: list[list[float]]) -> None:
+        s.state["skip_history"].append(skip_weight(weights, self._skip_index(s)))
+        opts = self.options
+        if opts.early_stop and skip_collapse(s.state["skip_history"], opts.skip_patience, opts.skip_stop_weight):
+            s.state["stopped"] = s.state["epoch"]
 
-    def _latency_loss(self, alphas) -> "torch.Tensor | None":
+    def _latency_loss(self, s: Search, alphas) -> "torch.Tensor | None":
         """latency_weight x the expected latency (ms) under softmax(alpha), or None without a term."""
         import torch.nn.functional as F
 
-        if self._latency is None:
-            return None
-        base, tables = self._latency
-        return self.options.latency_weight * expected_latency(base, tables, [F.softmax(a, 0) for a in alphas])
+        latency = self.latency_loss(s, [F.softmax(a, 0) for a in alphas])
+        return None if latency is None else self.options.latency_weight * latency
 
-    def _epoch(self, model, alphas, w_opt, a_opt, ctx, gen, device, batch, steps) -> tuple[float, float]:
+    def train_epoch(self, s: Search, ctx: SupernetContext, epoch: int) -> dict[str, float]:
         """One pass: per batch an architecture step on the arch split, then a weight step on the weight split."""
         import torch
         import torch.nn.functional as F
 
         from ...train import to_device
 
+        model, alphas, w_opt, a_opt, device, batch = s.model, s.alphas, s.w_opt, s.a_opt, s.device, s.batch
         data, labels = ctx.dataset, ctx.dataset.train_y
-        w_order, a_order = shuffled(ctx.weight_split, gen), shuffled(ctx.arch_split, gen)
+        w_order, a_order = shuffled(ctx.weight_split, s.gen), shuffled(ctx.arch_split, s.gen)
         model.train()
         w_losses, a_losses = [], []
-        for step in range(steps):
+        for step in range(s.steps):
             part = slice(step * batch, (step + 1) * batch)
             xa, ya = to_device(data.batch("train", a_order[part]), device), to_device(labels[a_order[part]], device)
             xw, yw = to_device(data.batch("train", w_order[part]), device), to_device(labels[w_order[part]], device)
             a_opt.zero_grad(set_to_none=True)
-            latency = self._latency_loss(alphas)
+            latency = self._latency_loss(s, alphas)
             if self.options.order == 2:
                 xi = w_opt.param_groups[0]["lr"]  # the virtual step takes the weights' own step size
                 loss, grads = second_order_arch_grads(model, alphas, (xw, yw), (xa, ya), xi)
@@ -239,38 +190,25 @@ class Darts(SupernetStrategy):
             torch.nn.utils.clip_grad_norm_(model.weight_parameters(), self.options.grad_clip)
             w_opt.step()
             w_losses.append(loss.detach())
-        return float(torch.stack(w_losses).mean()), float(torch.stack(a_losses).mean())
+        return {"train_loss": float(torch.stack(w_losses).mean()), "arch_loss": float(torch.stack(a_losses).mean())}
 
-    def _metrics(self, model, alphas, weights, ctx, w_loss, a_loss, state) -> dict[str, float]:
-        """What an epoch logs: losses, the supernet's validation accuracy under the current mix, the
-        skip weight, and the distribution's metrics (per-layer weights and choice, entropy,
-        expected latency per device)."""
-        import torch.nn.functional as F
+    def epoch_metrics(self, s: Search) -> dict[str, float]:
+        skip = s.state["skip_history"][-1]
+        return {} if skip is None else {"skip_weight": skip}
 
-        accuracy, val_loss = mixed_accuracy(model, [F.softmax(a.detach(), 0) for a in alphas], ctx.dataset)
-        self._last_acc = accuracy
-        metrics = {"train_loss": w_loss, "arch_loss": a_loss, "supernet_val_accuracy": accuracy,
-                   "supernet_val_loss": val_loss}
-        skip = state["skip_history"][-1]
-        if skip is not None:
-            metrics["skip_weight"] = skip
-        if state["stopped"] is not None:
-            metrics["early_stop"] = 1.0
-        metrics.update(distribution_metrics(self.space, ctx.supernet, weights, ctx.latency))
-        return metrics
-
-    def _derived(self, model, state, skip_index) -> DerivedArch:
+    def derive(self, s: Search, ctx: SupernetContext) -> list[DerivedArch]:
         """The architecture of the last epoch, or, after an early stop, of the epoch before the
         skip weights began to grow; under the skip cap."""
+        state = s.state
         history = state["history"]
         at = len(history) - 1
         if state["stopped"] is not None:
             at = max(0, len(history) - 1 - self.options.skip_patience)
-        choice, capped = derive(history[at], skip_index, self.options.max_skips)
-        genome: Genome = genome_of(self.space, model.supernet, choice)
+        choice, capped = derive(history[at], self._skip_index(s), self.options.max_skips)
+        genome: Genome = genome_of(self.space, s.model.supernet, choice)
         extra = {"supernet_epochs": state["epoch"], "derived_at_epoch": at + 1, "skips_capped": capped,
                  "early_stopped_at": state["stopped"]}
-        return DerivedArch(genome, model.derive(genome, self.space.to_arch), extra)
+        return [DerivedArch(genome, s.model.derive(genome, self.space.to_arch), extra)]
 
 
 @hookimpl

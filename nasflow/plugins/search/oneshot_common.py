@@ -69,6 +69,11 @@ def argmax_choice(weights: list[list[float]]) -> list[int]:
     return [max(range(len(w)), key=w.__getitem__) for w in weights]
 
 
+def one_hot(weights: list[list[float]], choice: list[int]) -> list[list[float]]:
+    """Per layer, weight 1 on the chosen candidate and 0 elsewhere (the supernet runs that path only)."""
+    return [[1.0 if j == c else 0.0 for j in range(len(w))] for w, c in zip(weights, choice)]
+
+
 def genome_of(space, supernet, choice: list[int]) -> Genome:
     """The genome that takes `choice[i]` at the i-th searchable layer."""
     genome = [0] * len(space.decisions)
