@@ -4,7 +4,8 @@ be taken out of it with the trained weights."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -25,15 +26,41 @@ class MixedOp(nn.Module):
     def __init__(self, candidates: Sequence[nn.Module]):
         super().__init__()
         self.candidates = nn.ModuleList(candidates)
+        self.recompute = False
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        active = [(w, op) for w, op in zip(weights, self.candidates) if w.requires_grad or float(w) != 0.0]
+        # With several paths in the graph, their inner activations (the expanded tensors) are what
+        # fills memory: recomputing them in the backward pass keeps one candidate's at a time.
+        recompute = self.recompute and len(active) > 1 and torch.is_grad_enabled()
         out = None
-        for weight, op in zip(weights, self.candidates):
-            if not weight.requires_grad and float(weight) == 0.0:
-                continue
-            term = weight * op(x)
+        for weight, op in active:
+            y = _recomputed(op, x) if recompute else op(x)
+            term = weight * y
             out = term if out is None else out + term
         return out if out is not None else torch.zeros_like(x)
+
+
+def _recomputed(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """op(x) under gradient checkpointing: only the input is kept, the candidate runs again in the
+    backward pass with its BatchNorm running statistics frozen (so they move once per step)."""
+    from torch.utils.checkpoint import checkpoint
+
+    return checkpoint(op, x, use_reentrant=False, context_fn=lambda: (nullcontext(), _frozen_norms(op)))
+
+
+@contextmanager
+def _frozen_norms(module: nn.Module) -> Iterator[None]:
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
 
 
 class SupernetModel(nn.Module):
@@ -60,6 +87,12 @@ class SupernetModel(nn.Module):
         for position, block in enumerate(self.net.blocks):
             x = block(x, weights[position]) if position in weights else block(x)
         return self.net.forward_head(x)
+
+    def set_recompute(self, on: bool) -> None:
+        """Recompute mixed layers' candidates in the backward pass (see MixedOp) or keep their activations."""
+        for block in self.net.blocks:
+            if isinstance(block, MixedOp):
+                block.recompute = on
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())

@@ -254,3 +254,43 @@ def test_flow_records_what_fbnet_and_proxyless_derive(tmp_path, name, options):
     assert all(r["extra"]["strategy"] == name and r["extra"]["supernet_epochs"] == 2 for r in search)
     steps = registry.query("SELECT DISTINCT step FROM search_log WHERE run_id = ? ORDER BY step", [summary.run_id])[1]
     assert steps == [(1,), (2,)]
+
+
+# ------------------------------------------------------------------ recomputed mixed layers
+
+
+def test_recomputed_mixed_layers_give_the_same_gradients_and_statistics():
+    """Gradient checkpointing of the candidates changes memory, not numbers: the weights' and
+    the mix's gradients and the BatchNorm running statistics match a plain backward pass."""
+    from nasflow.supernet import SupernetModel
+
+    tokens = ["ir_k3_e2_c8_s1", "ir_k5_e2_c8_s1", "skip_c8"]
+    space = ChainSpace([tokens, tokens], size=8)
+    x = torch.randn(6, 1, 8, 8)
+    y = torch.tensor([0, 1, 0, 1, 1, 0])
+    results, calls = [], []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = SupernetModel(space.supernet(), 1, 2).train()
+        model.set_recompute(recompute)
+        calls.append(0)
+        candidate = model.net.blocks[0].candidates[0]
+        inner = candidate.forward
+
+        def counted(*args, inner=inner):
+            calls[-1] += 1
+            return inner(*args)
+
+        candidate.forward = counted
+        alphas = [torch.tensor([0.2, -0.1, 0.4], requires_grad=True) for _ in range(2)]
+        loss = torch.nn.functional.cross_entropy(model(x, [torch.softmax(a, 0) for a in alphas]), y)
+        loss.backward()
+        results.append(([p.grad.clone() for p in model.weight_parameters() if p.grad is not None],
+                        [a.grad.clone() for a in alphas],
+                        {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}))
+    (wg0, ag0, bn0), (wg1, ag1, bn1) = results
+    assert calls == [1, 2]  # recomputed: the candidate ran again in the backward pass
+    assert len(wg0) == len(wg1) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(wg0, wg1))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ag0, ag1))
+    assert bn0.keys() == bn1.keys() and all(torch.equal(bn0[k], bn1[k]) for k in bn0)

@@ -32,6 +32,7 @@ class ProxylessOptions(OneShotOptions):
     arch_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the architecture parameters")
     arch_weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(0, ge=0, description="first epochs that train the weights only (single sampled paths)")
+    recompute: bool = Field(False, description="recompute the two paths of an architecture step in the backward pass (binarized paths keep memory low without it)")
     latency_weight: float = Field(
         0.0, ge=0, description="architecture loss += this x expected latency (ms) on latency_device, from its LUT; 0: no latency term"
     )
