@@ -130,8 +130,9 @@ def standalone_epoch(space, data, device, batch: int) -> float:
     return time.perf_counter() - start
 
 
-def strategy_epoch(name: str, space, data, device_name: str, batch: int, workdir: Path) -> float:
-    """Seconds of one training epoch of strategy `name` on the space's supernet."""
+def strategy_epoch(name: str, space, data, device_name: str, batch: int, workdir: Path, recompute: float | None = None) -> float:
+    """Seconds of one training epoch of strategy `name` on the space's supernet (`recompute`: its
+    option, None: the strategy's default)."""
     from nasflow.config import TrainConfig
     from nasflow.flows.supernet_search import split_training
     from nasflow.plugin_api import SupernetContext
@@ -141,6 +142,8 @@ def strategy_epoch(name: str, space, data, device_name: str, batch: int, workdir
     options = {"epochs": 1, "w_lr": 0.05}
     if name == "fbnet":
         options.update(warmup_epochs=0, beta=0)
+    if recompute is not None:
+        options["recompute"] = recompute
     strategy = get_plugins().create("search", name, options, space, 0)
     weight, arch = split_training(data.train_y, 0.5, seed=0)
     ctx = SupernetContext(
@@ -173,7 +176,7 @@ def child(args: argparse.Namespace) -> None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as workdir:
-            seconds = strategy_epoch(args.child, space, data, args.device, args.batch_size, Path(workdir))
+            seconds = strategy_epoch(args.child, space, data, args.device, args.batch_size, Path(workdir), args.recompute)
     print(json.dumps({"seconds": seconds, "peak_memory_mb": peak_memory_mb(device), "data": description,
                       "train_images": int(data.size("train"))}))
 
@@ -182,6 +185,8 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--images", str(args.images),
            "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--device", args.device,
            "--archive", str(args.archive), "--cache-dir", str(args.cache_dir)]
+    if args.recompute is not None and name != "standalone":
+        cmd += ["--recompute", str(args.recompute)]
     print(f"{args.device}: {name} ...", file=sys.stderr, flush=True)
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
@@ -199,7 +204,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     base = measure("standalone", args)
     strategies = {}
-    for name in STRATEGIES:
+    for name in args.only or STRATEGIES:
         row = measure(name, args)
         row["time_ratio"] = row["seconds"] / base["seconds"]
         row["memory_ratio"] = row["peak_memory_mb"] / base["peak_memory_mb"]
@@ -217,7 +222,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                      "arch_images": base["train_images"] // 2, "batch_size": args.batch_size, "threads": args.threads,
                      "device": args.device, "data": base["data"], "real_data": "CIFAR-10 JPEG" in base["data"],
                      "memory": "peak CUDA allocation" if args.device == "cuda" else "peak resident set (ru_maxrss) of the process",
-                     "latency_term": False, "fbnet_warmup_epochs": 0},
+                     "latency_term": False, "fbnet_warmup_epochs": 0,
+                     "recompute": "each strategy's default" if args.recompute is None else args.recompute},
         "standalone": {k: base[k] for k in ("seconds", "peak_memory_mb")},
         "strategies": strategies,
         "nni": NNI,
@@ -251,7 +257,7 @@ def markdown(report: dict[str, Any]) -> str:
         table(header, rows)
         + f"\n\n{s['data']}; {s['train_images']:,} training images ({s['weight_images']:,} weights / {s['arch_images']:,} "
         f"architecture for the strategies), batch {s['batch_size']}, {s['device']} ({where}); one training epoch each, "
-        "measured (wall clock), each in its own process."
+        f"measured (wall clock), each in its own process; `recompute`: {s.get('recompute', 'each strategy' + chr(39) + 's default')}."
     )
 
 
@@ -263,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--recompute", type=float, help="the strategies' `recompute` option (default: each one's own)")
+    parser.add_argument("--only", nargs="+", choices=STRATEGIES, help="measure these strategies only (and the stand-alone network)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--markdown", action="store_true", help="print the README table from the JSON report and exit")
     parser.add_argument("--child", choices=("standalone", *STRATEGIES), help=argparse.SUPPRESS)

@@ -58,6 +58,16 @@ def _search_line(spec) -> str:
         f"Pareto front of {', '.join(o.label for o in spec.pareto)}" if objectives.pareto
         else f"reward {objectives.reward}" + (f" on {spec.objective_device}" if objectives.reward == "mnasnet" else "")
     )
+    from .plugins import get_plugins
+
+    plugins = get_plugins()
+    strategy = plugins.get("search", search.strategy).cls
+    if strategy.protocol == "supernet":
+        options = plugins.options("search", search.strategy, search.options)
+        term = strategy.latency_device(options, spec.objective_device)
+        latency = f"latency term from the {term} LUT" if term else "no latency term"
+        return (f"search {search.strategy} (supernet): {getattr(options, 'epochs', '?')} epochs on the space's supernet, "
+                f"{latency}; the derived architectures measured ({search.latency} latency) and ranked by {ranks}")
     warm = ""
     if search.warm_start.enabled:
         warm = "; warm start from " + (", ".join(search.warm_start.runs) if search.warm_start.runs else "earlier runs in the registry")

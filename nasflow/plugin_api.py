@@ -512,6 +512,11 @@ class CompressContext:
     progress: Any = None  # callable(step: str, done: int, total: int) or None
     device: str = "cpu"  # torch device to train on (`execution.device` as resolved, e.g. 'cuda:0')
     amp: bool = False  # `execution.amp`: mixed-precision training on CUDA
+    latency: dict[str, Any] = field(default_factory=dict)
+    """Per spec device the compressor's `latency_device` names, a latency model of any width
+    (`nasflow.width_latency.WidthLatencyModel`: `predict(arch) -> ms`), fitted to its LUT."""
+    objective_device: str | None = None
+    """The spec's objective device: the one a latency target uses unless the options name another."""
 
 
 @dataclass
@@ -521,12 +526,22 @@ class CompressResult:
     val_accuracy: float
     val_loss: float
     stats: dict[str, Any] = field(default_factory=dict)
+    intermediates: list["CompressResult"] = field(default_factory=list)
+    """The networks a multi-step compressor passed through before this one (MorphNet's earlier
+    shrink -> expand cycles), in order. The morph stage records each as a candidate, parent
+    links running seed -> first -> ... -> this result."""
 
 
 class Compressor(Plugin):
     """Turns a trained model into a smaller child model (recorded as a child candidate)."""
 
     kind = "compressor"
+
+    @classmethod
+    def latency_device(cls, options: BaseModel, objective_device: str) -> str | None:
+        """The device whose latency model (`CompressContext.latency`) the compressor prices
+        channels with, or None; the spec checks refuse a device without a LUT before any run."""
+        return None
 
     @abstractmethod
     def compress(self, ctx: CompressContext) -> CompressResult:

@@ -291,7 +291,29 @@ def _plugin_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[s
     messages += _exporter_messages(spec, lines, source)
     if not messages:
         messages += _space_messages(spec, lines, source) + _strategy_messages(spec, lines, source)
+        messages += _compressor_messages(spec, lines, source)
     return messages
+
+
+def _compressor_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:
+    """A compressor that prices channels by latency needs its device in the spec and its LUT."""
+    from .plugins import get_plugins
+
+    if not spec.morph.enabled:
+        return []
+    plugins = get_plugins()
+    cls = plugins.get("compressor", spec.morph.compressor).cls
+    device = cls.latency_device(plugins.options("compressor", spec.morph.compressor, spec.morph.options), spec.objective_device)
+    if device is None:
+        return []
+    at = f"{source}:{_line_for(lines, ('morph', 'options'))}: morph.options"
+    names = [d.name for d in spec.devices]
+    if device not in names:
+        return [f"{at}: latency_device {device!r} is not in devices ({', '.join(names)})"]
+    if not (spec.profile.enabled and spec.profile.lut):
+        return [f"{at}: {spec.morph.compressor!r} prices channels by latency on {device}, from a model fitted to that "
+                "device's latency LUT; set profile.enabled and profile.lut: true"]
+    return []
 
 
 def _exporter_messages(spec: Spec, lines: dict[tuple, int], source: str) -> list[str]:

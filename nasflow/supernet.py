@@ -35,7 +35,13 @@ class MixedOp(nn.Module):
         recompute = self.recompute and len(active) > 1 and torch.is_grad_enabled()
         out = None
         for weight, op in active:
-            y = _recomputed(op, x) if recompute else op(x)
+            if float(weight) == 0.0:
+                # A gate at exactly 0 (Proxyless' inactive path) passes no gradient into its
+                # candidate or back to x; only its own gradient, <dL/dy, op(x)>, needs the output.
+                with torch.no_grad():
+                    y = op(x)
+            else:
+                y = _recomputed(op, x) if recompute else op(x)
             term = weight * y
             out = term if out is None else out + term
         return out if out is not None else torch.zeros_like(x)
@@ -46,7 +52,9 @@ def _recomputed(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
     backward pass with its BatchNorm running statistics frozen (so they move once per step)."""
     from torch.utils.checkpoint import checkpoint
 
-    return checkpoint(op, x, use_reentrant=False, context_fn=lambda: (nullcontext(), _frozen_norms(op)))
+    # No candidate draws random numbers (no dropout), so the RNG state need not be saved and restored.
+    return checkpoint(op, x, use_reentrant=False, preserve_rng_state=False,
+                      context_fn=lambda: (nullcontext(), _frozen_norms(op)))
 
 
 @contextmanager
@@ -88,14 +96,44 @@ class SupernetModel(nn.Module):
             x = block(x, weights[position]) if position in weights else block(x)
         return self.net.forward_head(x)
 
-    def set_recompute(self, on: bool) -> None:
-        """Recompute mixed layers' candidates in the backward pass (see MixedOp) or keep their activations."""
-        for block in self.net.blocks:
+    def set_recompute(self, share: float, image_size) -> list[int]:
+        """Recompute candidates in the backward pass (see MixedOp) in the mixed layers that hold
+        the most activation memory, largest first, until they cover `share` of the supernet's
+        candidate activations (0: none, 1: every mixed layer). Memory sits mostly in the
+        high-resolution layers, so a part of the layers saves most of it for a part of the extra
+        forward work. Returns the positions that recompute."""
+        from .arch.counting import block_shapes
+
+        shapes = block_shapes(self.supernet.skeleton, self.in_channels, image_size)
+        held = {layer.position: sum(block.activations(shapes[layer.position]) for block in layer.candidates
+                                    if block.kind != "skip") for layer in self.supernet.layers}
+        total = sum(held.values())
+        chosen, covered = [], 0.0
+        for position in sorted(held, key=held.__getitem__, reverse=True):
+            if total == 0 or covered >= share * total - 1e-9 or share == 0:
+                break
+            chosen.append(position)
+            covered += held[position]
+        for position, block in enumerate(self.net.blocks):
             if isinstance(block, MixedOp):
-                block.recompute = on
+                block.recompute = position in chosen
+        return sorted(chosen)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.net.parameters())
+
+    @contextmanager
+    def frozen_weights(self) -> Iterator[None]:
+        """The weights take no gradient inside: an architecture step's backward pass then computes
+        only what the architecture parameters need (no weight gradients, about a third less work)."""
+        params = self.weight_parameters()
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in params:
+                p.requires_grad_(True)
 
     def derive(self, genome: Genome, to_arch) -> ArchNet:
         """The network of `genome` (`to_arch(genome)`, the space's) with the supernet's weights;

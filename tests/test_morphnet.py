@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,7 +80,8 @@ def test_options_defaults_and_validation():
     with pytest.raises(ValidationError):
         MorphNetCompressor.Options(unknown=1)
     with pytest.raises(ValidationError):
-        MorphNetCompressor.Options(target="latency")
+        MorphNetCompressor.Options(target="energy")
+    assert MorphNetCompressor.Options(target="latency").cycles == 1
     with pytest.raises(ValidationError):
         opts.strength = 1.0  # frozen
 
@@ -368,3 +370,70 @@ def test_compress_expands_to_a_relative_budget(digits):
     assert stats["macs_after"] <= stats["budget"]
     assert stats["macs_after"] > 0.8 * stats["macs_before"]  # grown back towards the budget, not left shrunk
     assert stats["width_multiplier"] > 1.0
+
+
+# ---------------------------------------------------------------- shrink -> expand cycles
+
+
+def test_cycles_start_each_from_the_previous_network(digits):
+    model = _trained_like()
+    _silence(model.blocks[4].dw_bn, list(range(40)))
+    options = MorphNetCompressor.Options(reg_epochs=1, finetune_epochs=1, budget=0.7, target="flops", cycles=3, strength=0.3)
+    result = MorphNetCompressor(options).compress(_context(model, digits))
+    steps = [*result.intermediates, result]
+    assert [s.stats["cycle"] for s in steps] == [1, 2, 3] and all(s.stats["cycles"] == 3 for s in steps)
+    seed_macs = count_macs(model.arch, 1, 10, (8, 8))
+    for before, after in zip(steps, steps[1:]):
+        # Each cycle shrinks what the previous one gave (its stats start from that network).
+        assert after.stats["macs_before"] == count_macs(before.arch, 1, 10, (8, 8))
+    for s in steps:
+        assert s.stats["seed_macs"] == seed_macs
+        assert s.stats["macs_after"] <= 0.7 * seed_macs  # every cycle expands to the seed's budget, not beyond
+        assert s.model.arch == s.arch and 0 <= s.val_accuracy <= 1
+    # The recorded intermediates keep their own weights (later cycles trained copies): their
+    # accuracy now is the one measured after their fine-tuning.
+    for s in steps[:-1]:
+        assert evaluate(s.model, digits)[0] == pytest.approx(s.val_accuracy)
+
+
+def test_one_cycle_has_no_intermediates(digits):
+    options = MorphNetCompressor.Options(reg_epochs=0, finetune_epochs=0)
+    result = MorphNetCompressor(options).compress(_context(_trained_like(), digits))
+    assert result.intermediates == [] and result.stats["cycle"] == 1
+
+
+def test_every_cycle_is_a_morph_candidate_in_a_lineage_chain(tmp_path):
+    from nasflow.flows.context import RunContext
+    from nasflow.flows.morph import current_morph_rows
+    from nasflow.flows.pipeline import run_spec
+    from nasflow.flows.train import current_train_rows
+    from nasflow.registry import Registry
+    from nasflow.spec import LoadedSpec, parse_spec
+
+    from specs import tiny_spec_text
+
+    text = tiny_spec_text(tmp_path, name="cycles", profile=False, deploy=False).replace(
+        "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, cycles: 2, strength: 0.3}"
+    )
+    assert "cycles: 2" in text
+    loaded = LoadedSpec(parse_spec(text), tmp_path / "spec.yaml", text)
+    summary = run_spec(loaded)
+    registry = Registry(loaded.spec.registry.path)
+    train = registry.get_candidates(summary.run_id, stage="train")[0]
+    morphs = {r["candidate_id"]: r for r in registry.get_candidates(summary.run_id, stage="morph")}
+    assert len(morphs) == 2
+    first = next(r for r in morphs.values() if r["extra"].get("intermediate"))
+    final = next(r for r in morphs.values() if not r["extra"].get("intermediate"))
+    assert first["parent_id"] == train["candidate_id"] and final["parent_id"] == first["candidate_id"]
+    assert first["extra"]["seed_id"] == final["extra"]["seed_id"] == train["candidate_id"]
+    assert (first["extra"]["cycle"], final["extra"]["cycle"]) == (1, 2)
+    for row in (first, final):
+        assert row["status"] == "ok" and row["accuracy_source"] == "full" and 0 <= row["test_accuracy"] <= 1
+        assert row["macs"] > 0 and Path(row["extra"]["checkpoint"]).exists()
+    assert final["extra"]["macs_before"] == first["macs"]
+    # The stage's output is the last cycle's network alone; a re-run reuses it.
+    ctx = RunContext(summary.run_id, loaded.spec)
+    outputs = current_morph_rows(registry, ctx, current_train_rows(registry, ctx))
+    assert [r["candidate_id"] for r in outputs] == [final["candidate_id"]]
+    again = run_spec(loaded)
+    assert again.stages["morph"]["compressed"] == 0 and len(registry.get_candidates(summary.run_id, stage="morph")) == 2

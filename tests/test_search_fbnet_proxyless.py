@@ -272,7 +272,7 @@ def test_recomputed_mixed_layers_give_the_same_gradients_and_statistics():
     for recompute in (False, True):
         torch.manual_seed(0)
         model = SupernetModel(space.supernet(), 1, 2).train()
-        model.set_recompute(recompute)
+        assert model.set_recompute(1.0 if recompute else 0.0, (8, 8)) == ([0, 1] if recompute else [])
         calls.append(0)
         candidate = model.net.blocks[0].candidates[0]
         inner = candidate.forward
@@ -294,3 +294,61 @@ def test_recomputed_mixed_layers_give_the_same_gradients_and_statistics():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(wg0, wg1))
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ag0, ag1))
     assert bn0.keys() == bn1.keys() and all(torch.equal(bn0[k], bn1[k]) for k in bn0)
+
+
+# ------------------------------------------------------------------ every space with a supernet form
+
+
+def _supernet_spaces():
+    from nasflow.spaces.edgetpu import EdgeTPUSpace, EdgeTPUSpaceOptions
+    from nasflow.spaces.fbnet import FBNetOptions, FBNetSpace
+
+    geometry = Geometry(1, 2, (16, 16))
+    small = dict(stem_channels=8, stages=[StageOptions(channels=8, layers=2, stride=1), StageOptions(channels=16, layers=2, stride=2)],
+                 head_channels=16)
+    return {
+        "layerwise": LayerwiseSpace(LayerwiseOptions(**small, kernels=[3, 5], expansions=[1.0, 3.0]), geometry),
+        "edgetpu": EdgeTPUSpace(EdgeTPUSpaceOptions(**small, kernels=[3], expansions=[3.0]), geometry),
+        "fbnet": FBNetSpace(FBNetOptions(preset="cifar", stem_channels=8, channels=[8, 16], layers=[2, 2], strides=[1, 2],
+                                         head_channels=16, candidates=["k3_e1", "k3_e1_g2", "k5_e6", "skip"]), geometry),
+    }
+
+
+@pytest.mark.parametrize("name", ["darts", "fbnet", "proxyless"])
+def test_every_strategy_runs_on_every_space_with_a_supernet_form(tmp_path, name):
+    x, y = sign_pairs(96, 16, gap=6, seed=2)
+    data = dataset(x, y, n_val=32)
+    options = {"darts": {"epochs": 1, "order": 2}, "fbnet": {"epochs": 2, "beta": 0, "samples": 1}, "proxyless": {"epochs": 1}}[name]
+    for space_name, space in _supernet_spaces().items():
+        assert space.supernet() is not None, space_name
+        derived = strategy(name, space, **options).run(context(space, data, tmp_path / space_name, batch_size=16))
+        assert derived, space_name
+        for d in derived:
+            assert space.to_arch(space.validate_genome(d.genome)) == d.model.arch, space_name
+            assert d.model(torch.zeros(2, 1, 16, 16)).shape == (2, 2), space_name
+
+
+def test_partial_recompute_takes_the_layers_holding_the_most_activations_first():
+    from nasflow.arch.counting import block_shapes
+    from nasflow.supernet import SupernetModel
+
+    options = LayerwiseOptions(stem_channels=16, stages=[StageOptions(channels=24, layers=2, stride=1),
+                                                         StageOptions(channels=40, layers=2, stride=2),
+                                                         StageOptions(channels=80, layers=2, stride=2)],
+                               kernels=[3, 5, 7], expansions=[3.0, 6.0], head_channels=128)
+    space = LayerwiseSpace(options, Geometry(3, 10, (32, 32)))
+    model = SupernetModel(space.supernet(), 3, 10)
+    shapes = block_shapes(space.supernet().skeleton, 3, (32, 32))
+    held = {layer.position: sum(b.activations(shapes[layer.position]) for b in layer.candidates if b.kind != "skip")
+            for layer in space.supernet().layers}
+    total = sum(held.values())
+    assert model.set_recompute(0.0, (32, 32)) == []
+    assert model.set_recompute(1.0, (32, 32)) == sorted(held)
+    for share in (0.3, 0.5, 0.75):
+        chosen = model.set_recompute(share, (32, 32))
+        rest = [p for p in held if p not in chosen]
+        assert min(held[p] for p in chosen) >= max((held[p] for p in rest), default=0)  # largest first
+        covered = sum(held[p] for p in chosen)
+        assert covered >= share * total > covered - min(held[p] for p in chosen)  # and no more than needed
+        assert [p for p, b in enumerate(model.net.blocks) if getattr(b, "recompute", False)] == chosen
+    assert set(model.set_recompute(0.3, (32, 32))) <= {0, 1}  # the full-resolution layers hold the most

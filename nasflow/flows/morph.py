@@ -46,9 +46,16 @@ def current_morph_rows(registry: Registry, ctx: RunContext, train_rows: list[dic
     parents = {r["candidate_id"] for r in train_rows}
     rows = [
         r for r in registry.get_candidates(ctx.run_id, stage=STAGE)
-        if (r.get("extra") or {}).get("stage_key") == key and r["parent_id"] in parents
+        if (r.get("extra") or {}).get("stage_key") == key and _seed_of(r) in parents
+        and not (r.get("extra") or {}).get("intermediate")
     ]
     return with_latency(registry, rows, ctx.spec.objective_device, [d.name for d in ctx.spec.devices])
+
+
+def _seed_of(row: dict) -> str | None:
+    """The trained candidate a morph row was compressed from (its parent, unless it is a later
+    step of a multi-step compression)."""
+    return (row.get("extra") or {}).get("seed_id") or row["parent_id"]
 
 
 def child_id(ctx: RunContext, parent: dict) -> str:
@@ -63,6 +70,7 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
         data = load_dataset(spec.dataset)
         model = load_trained(ctx, parent["arch"], parent["extra"]["checkpoint"])
         compressor = get_plugins().create("compressor", spec.morph.compressor, spec.morph.options)
+        latency = latency_models(ctx, type(compressor).latency_device(compressor.options, spec.objective_device), data)
         rep = reporter()
         result = compressor.compress(
             CompressContext(
@@ -74,18 +82,53 @@ def compress_candidate(ctx: RunContext, parent: dict[str, Any]) -> dict[str, Any
                 progress=lambda step, done, total: rep.message(f"{parent['arch_hash'][:8]} {step} {done}/{total}"),
                 device=str(resolve_device(spec.execution.device)),
                 amp=spec.execution.amp,
+                latency=latency,
+                objective_device=spec.objective_device,
             )
         )
     except Exception as exc:  # a failed compression is recorded, the run goes on
         return {"error": describe_error(exc)}
-    ckpt = checkpoint_path(spec.execution.work_dir, ctx.run_id, child_id(ctx, parent))
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(cpu_state_dict(result.model), ckpt)
-    return {
-        "error": None, "arch": format_arch(result.arch), "checkpoint": str(ckpt),
-        "accuracy": result.val_accuracy, "val_loss": result.val_loss, "stats": result.stats,
-        "test_accuracy": evaluate(result.model, data, split="test")[0],
-    }
+    steps = [*result.intermediates, result]
+    ids = [intermediate_id(ctx, parent, i + 1) for i in range(len(steps) - 1)] + [child_id(ctx, parent)]
+    saved = []
+    for step, cand_id in zip(steps, ids):
+        ckpt = checkpoint_path(spec.execution.work_dir, ctx.run_id, cand_id)
+        ckpt.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(cpu_state_dict(step.model), ckpt)
+        saved.append({
+            "error": None, "arch": format_arch(step.arch), "checkpoint": str(ckpt),
+            "accuracy": step.val_accuracy, "val_loss": step.val_loss, "stats": step.stats,
+            "test_accuracy": evaluate(step.model, data, split="test")[0],
+        })
+    return {**saved[-1], "intermediates": saved[:-1]}
+
+
+def latency_models(ctx: RunContext, device_name: str | None, data) -> dict[str, Any]:
+    """{device: its width-aware latency model} for a compressor that prices channels by latency:
+    fitted to the LUT the profile stage stored for the device's current fingerprint."""
+    if device_name is None:
+        return {}
+    from ..errors import SpecError
+    from ..lut import device_batch_size, device_fingerprint_hash, lut_entries, stored_lut
+    from ..spec import space_for_data
+    from ..width_latency import WidthLatencyModel
+
+    spec = ctx.spec
+    device = make_devices([d for d in spec.devices if d.name == device_name])[device_name]
+    table = stored_lut(ctx.registry(), device_name, device_fingerprint_hash(device))
+    if not table:
+        raise SpecError(f"the morph stage prices channels by latency on {device_name}, which has no latency LUT with its "
+                        "current fingerprint; set profile.enabled and profile.lut: true")
+    batch = device_batch_size(device)
+    size = tuple(data.input_shape[2:])
+    ops = lut_entries(space_for_data(spec, data), data.in_channels, data.num_classes, size, batch)
+    model = WidthLatencyModel.fit(device_name, table, ops, data.in_channels, data.num_classes, size, batch)
+    return {device_name: model}
+
+
+def intermediate_id(ctx: RunContext, parent: dict, step: int) -> str:
+    """Id of the `step`-th network a multi-step compressor passed through (MorphNet's cycle `step`)."""
+    return candidate_id(ctx.run_id, STAGE, None, parent["candidate_id"], f"{morph_key(ctx.spec)}/step{step}")
 
 
 def _done(row: dict | None) -> bool:
@@ -94,10 +137,24 @@ def _done(row: dict | None) -> bool:
     return bool(row and row["status"] == "ok" and ckpt and Path(ckpt).exists())
 
 
-def _child_row(ctx: RunContext, parent: dict, result: dict, devices) -> tuple[dict, list[dict]]:
+def _child_rows(ctx: RunContext, parent: dict, result: dict, devices) -> list[tuple[dict, list[dict]]]:
+    """The rows of one compression: each intermediate network (its parent the one before, the first's
+    the trained seed), then the stage's output, whose parent is the last intermediate."""
+    steps = [*result.get("intermediates", []), result]
+    ids = [intermediate_id(ctx, parent, i + 1) for i in range(len(steps) - 1)] + [child_id(ctx, parent)]
+    rows, previous = [], parent
+    for i, (step, cand_id) in enumerate(zip(steps, ids)):
+        extra = {"seed_id": parent["candidate_id"]}
+        if i < len(steps) - 1:
+            extra.update(intermediate=True, step=i + 1)
+        rows.append(_child_row(ctx, previous, step, devices, cand_id, extra))
+        previous = rows[-1][0]
+    return rows
+
+
+def _child_row(ctx: RunContext, parent: dict, result: dict, devices, cand_id: str, lineage: dict) -> tuple[dict, list[dict]]:
     spec = ctx.spec
-    cand_id = child_id(ctx, parent)
-    extra = {"compressor": spec.morph.compressor, "stage_key": morph_key(spec)}
+    extra = {"compressor": spec.morph.compressor, "stage_key": morph_key(spec), **lineage}
     if result["error"]:
         return {
             "candidate_id": cand_id, "run_id": ctx.run_id, "stage": STAGE, "arch": parent["arch"],
@@ -143,7 +200,9 @@ def morph_stage(ctx: RunContext) -> dict[str, Any]:
     devices = make_devices(spec.devices)
     unchanged = 0
     for parent in todo:
-        row, mrows = _child_row(ctx, parent, compress_candidate(ctx, parent), devices)
+        *steps, (row, mrows) = _child_rows(ctx, parent, compress_candidate(ctx, parent), devices)
+        for step, step_mrows in steps:  # earlier cycles' networks, recorded before the output
+            registry.add_evaluated([retried(step, stored.get(step["candidate_id"]))], step_mrows, replace=True)
         row = retried(row, stored.get(row["candidate_id"]))
         registry.add_evaluated([row], mrows, replace=True)
         if row["status"] != "ok":

@@ -74,12 +74,13 @@ def _gate(model: ArchNet, group: ChannelGroup) -> nn.BatchNorm2d:
 
 
 def channel_costs(
-    arch: Arch, in_channels: int, num_classes: int, image_size: int | tuple[int, int], target: str
+    arch: Arch, in_channels: int, num_classes: int, image_size: int | tuple[int, int], target: str, latency=None
 ) -> dict[str, float]:
-    """Resource of one channel of each group: the exact slope of the arch's MACs or params in its width."""
+    """Resource of one channel of each group: the exact slope of the arch's MACs or params in its
+    width, or of its latency under `latency` (a `WidthLatencyModel`, linear in the width too)."""
 
-    def measure(candidate: Arch) -> int:
-        return _count(candidate, in_channels, num_classes, image_size, target)
+    def measure(candidate: Arch) -> float:
+        return _count(candidate, in_channels, num_classes, image_size, target, latency)
 
     costs = {}
     for group in channel_groups(arch):
@@ -312,10 +313,17 @@ def shrink(
 BISECTION_STEPS = 40  # the multiplier interval halves each step; the count is exact at every probe
 
 
-def _count(arch: Arch, in_channels: int, num_classes: int, image_size: tuple[int, int], target: str) -> int:
+def _count(arch: Arch, in_channels: int, num_classes: int, image_size: tuple[int, int], target: str, latency=None) -> float:
     if target == "flops":
         return count_macs(arch, in_channels, num_classes, image_size)
+    if target == "latency":
+        if latency is None:
+            raise PluginError("morphnet: target 'latency' needs the latency model of its device (the morph stage fits it to the device's LUT)")
+        return latency.predict(arch)
     return count_arch_params(arch, in_channels, num_classes)
+
+
+UNITS = {"flops": "MACs", "size": "parameters", "latency": "ms"}
 
 
 def _expanded_arch(model: ArchNet, threshold: float, min_channels: int, multiplier: float) -> Arch:
@@ -327,8 +335,9 @@ def _expanded_arch(model: ArchNet, threshold: float, min_channels: int, multipli
 
 
 def multiplier_for_budget(
-    model: ArchNet, threshold: float, min_channels: int, budget: float, image_size: tuple[int, int], target: str
-) -> tuple[float, int]:
+    model: ArchNet, threshold: float, min_channels: int, budget: float, image_size: tuple[int, int], target: str,
+    latency=None,
+) -> tuple[float, float]:
     """(largest uniform multiplier of the shrunk network whose `target` count is within `budget`, that count).
 
     The count of each probe is exact (`count_macs` / `count_arch_params` of the architecture the
@@ -336,18 +345,18 @@ def multiplier_for_budget(
     bisection finds the last step within the budget. A budget below the smallest network the
     shrink can give (every surviving group at `min_channels`) is refused, with that count.
     """
-    def count(multiplier: float) -> int:
+    def count(multiplier: float) -> float:
         arch = _expanded_arch(model, threshold, min_channels, multiplier)
-        return _count(arch, model.in_channels, model.num_classes, image_size, target)
+        return _count(arch, model.in_channels, model.num_classes, image_size, target, latency)
 
     widest = max((g.width for g in channel_groups(model.arch)), default=1)
     low = 1.0 / (2 * widest)  # every group at its floor: the smallest network the shrink can give
     smallest = count(low)
-    unit = "MACs" if target == "flops" else "parameters"
+    unit = UNITS[target]
     if smallest > budget:
         raise PluginError(
-            f"morphnet: budget {budget:,.0f} {unit} is below the smallest network the shrink can give "
-            f"({smallest:,} {unit}: every prunable group at min_channels={min_channels}); raise morph.options.budget"
+            f"morphnet: budget {_amount(budget, target)} {unit} is below the smallest network the shrink can give "
+            f"({_amount(smallest, target)} {unit}: every prunable group at min_channels={min_channels}); raise morph.options.budget"
         )
     high = 2.0
     while count(high) <= budget:  # grow the bracket until it holds the budget
@@ -363,26 +372,55 @@ def multiplier_for_budget(
     return low, count(low)
 
 
+def _amount(value: float, target: str) -> str:
+    return f"{value:.4g}" if target == "latency" else f"{value:,.0f}"
+
+
 # ---------------------------------------------------------------- the compressor's steps
 
 
 def compress(opts: MorphNetOptions, ctx: CompressContext) -> CompressResult:
-    """Regularise a copy of the parent, shrink it, fine-tune the child (MorphNetCompressor.compress)."""
-    parent = _checked_parent(ctx)
+    """MorphNet's loop (MorphNetCompressor.compress): `cycles` times, regularise a copy of the
+    current network, shrink it, expand it (to the budget, relative to the seed network, or by the
+    multiplier) and fine-tune it; the next cycle starts from that network. Returns the last cycle's
+    network with the earlier ones as `intermediates`."""
+    seed = _checked_parent(ctx)
     image_size = (int(ctx.input_shape[-2]), int(ctx.input_shape[-1]))
-    size = _resources(parent.arch, parent, image_size)
-    reg_accuracy = _regularise(opts, parent, image_size, ctx)
-    _report(ctx, "shrink", 0, 1)
-    multiplier, budget = opts.width_multiplier, None
+    latency = _latency_model(opts, ctx)
+    seed_size = _resources(seed.arch, seed, image_size, latency)
+    budget = None
     if opts.budget is not None:
-        budget = opts.budget * size[_resource_key(opts.target)] if opts.budget_kind == "relative" else opts.budget
-        multiplier, _ = multiplier_for_budget(parent, opts.threshold, opts.min_channels, budget, image_size, opts.target)
-    shrunk = shrink(parent, opts.threshold, opts.min_channels, multiplier, ctx.train_config.seed)
+        budget = opts.budget * seed_size[_resource_key(opts.target)] if opts.budget_kind == "relative" else opts.budget
+    results: list[CompressResult] = []
+    model = seed
+    for cycle in range(1, opts.cycles + 1):
+        result = _cycle(opts, model, ctx, image_size, budget, cycle, latency)
+        result.stats.update(cycle=cycle, cycles=opts.cycles, seed_macs=seed_size["macs"], seed_params=seed_size["params"])
+        results.append(result)
+        model = copy.deepcopy(result.model)  # the recorded network stays as fine-tuned
+    final = results[-1]
+    final.intermediates = results[:-1]
+    return final
+
+
+def _cycle(opts: MorphNetOptions, model: ArchNet, ctx: CompressContext, image_size: tuple[int, int],
+           budget: float | None, cycle: int, latency=None) -> CompressResult:
+    """One regularise -> shrink -> expand -> fine-tune pass over `model` (trained in place)."""
+    label = "" if opts.cycles == 1 else f"cycle {cycle}/{opts.cycles}: "
+    size = _resources(model.arch, model, image_size, latency)
+    reg_accuracy = _regularise(opts, model, image_size, ctx, label, latency)
+    _report(ctx, f"{label}shrink", 0, 1)
+    multiplier = opts.width_multiplier
+    if budget is not None:
+        multiplier, _ = multiplier_for_budget(model, opts.threshold, opts.min_channels, budget, image_size, opts.target, latency)
+    shrunk = shrink(model, opts.threshold, opts.min_channels, multiplier, ctx.train_config.seed + cycle - 1)
     shrunk_accuracy, _ = _evaluate(shrunk.model, ctx)
-    _report(ctx, "shrink", 1, 1)
-    accuracy, loss = _finetune(opts, shrunk.model, ctx)
-    stats = _stats(opts, shrunk, size, _resources(shrunk.arch, shrunk.model, image_size))
+    _report(ctx, f"{label}shrink", 1, 1)
+    accuracy, loss = _finetune(opts, shrunk.model, ctx, label)
+    stats = _stats(opts, shrunk, size, _resources(shrunk.arch, shrunk.model, image_size, latency))
     stats.update(reg_val_accuracy=reg_accuracy, shrunk_val_accuracy=shrunk_accuracy, width_multiplier=multiplier)
+    if latency is not None:
+        stats.update(latency_device=latency.device, latency_source="estimated", latency_model=latency.describe())
     if budget is not None:
         stats.update(budget=budget, budget_resource=_resource_key(opts.target))
     return CompressResult(shrunk.model, shrunk.arch, accuracy, loss, stats)
@@ -398,19 +436,32 @@ def _checked_parent(ctx: CompressContext) -> ArchNet:
     return copy.deepcopy(ctx.model)  # the parent stays as trained; its copy is regularised
 
 
-def _regularise(opts: MorphNetOptions, model: ArchNet, image_size: tuple[int, int], ctx: CompressContext) -> float | None:
+def _latency_model(opts: MorphNetOptions, ctx: CompressContext):
+    """The latency target's model of its device, or None for the other targets."""
+    if opts.target != "latency":
+        return None
+    device = opts.latency_device or ctx.objective_device
+    if device not in ctx.latency:
+        have = ", ".join(sorted(ctx.latency)) or "none"
+        raise PluginError(f"morphnet: target 'latency' on {device} needs that device's latency model (models: {have}); "
+                          "set profile.enabled and profile.lut: true")
+    return ctx.latency[device]
+
+
+def _regularise(opts: MorphNetOptions, model: ArchNet, image_size: tuple[int, int], ctx: CompressContext,
+                label: str = "", latency=None) -> float | None:
     if opts.reg_epochs == 0:
         return None
-    costs = channel_costs(model.arch, model.in_channels, model.num_classes, image_size, opts.target)
+    costs = channel_costs(model.arch, model.in_channels, model.num_classes, image_size, opts.target, latency)
     regulariser = make_regulariser(model.arch, costs, opts.strength)
-    result = _train(model, ctx, opts.reg_epochs, "regularise", regulariser)
+    result = _train(model, ctx, opts.reg_epochs, f"{label}regularise", regulariser)
     return result.val_accuracy
 
 
-def _finetune(opts: MorphNetOptions, model: ArchNet, ctx: CompressContext) -> tuple[float, float]:
+def _finetune(opts: MorphNetOptions, model: ArchNet, ctx: CompressContext, label: str = "") -> tuple[float, float]:
     if opts.finetune_epochs == 0:
         return _evaluate(model, ctx)
-    result = _train(model, ctx, opts.finetune_epochs, "finetune", None)
+    result = _train(model, ctx, opts.finetune_epochs, f"{label}finetune", None)
     return result.val_accuracy, result.val_loss
 
 
@@ -431,17 +482,22 @@ def _stats(opts: MorphNetOptions, shrunk: ShrinkResult, before: dict[str, int], 
         "macs_after": after["macs"],
         "params_before": before["params"],
         "params_after": after["params"],
+        **({"latency_ms_before": before["latency_ms"], "latency_ms_after": after["latency_ms"]} if "latency_ms" in after else {}),
         "child_arch": format_arch(shrunk.arch),
     }
 
 
 def _resource_key(target: str) -> str:
     """The `_resources` entry a target counts."""
-    return "macs" if target == "flops" else "params"
+    return {"flops": "macs", "size": "params", "latency": "latency_ms"}[target]
 
 
-def _resources(arch: Arch, model: ArchNet, image_size: tuple[int, int]) -> dict[str, int]:
-    return {"macs": count_macs(arch, model.in_channels, model.num_classes, image_size), "params": count_params(model)}
+def _resources(arch: Arch, model: ArchNet, image_size: tuple[int, int], latency=None) -> dict[str, float]:
+    counts: dict[str, float] = {"macs": count_macs(arch, model.in_channels, model.num_classes, image_size),
+                                "params": count_params(model)}
+    if latency is not None:
+        counts["latency_ms"] = latency.predict(arch)
+    return counts
 
 
 def _report(ctx: CompressContext, step: str, done: int, total: int) -> None:

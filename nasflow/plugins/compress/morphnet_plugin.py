@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 
 class MorphNetOptions(PluginOptions):
-    target: Literal["flops", "size"] = Field(
-        "flops", description="resource the regulariser weights channels by: MACs ('flops') or parameters ('size')"
+    target: Literal["flops", "size", "latency"] = Field(
+        "flops", description="resource the regulariser weights channels by (and a budget counts): MACs ('flops'), "
+        "parameters ('size') or latency on latency_device, from a width-aware model fitted to its LUT ('latency')"
     )
+    latency_device: str | None = Field(None, description="device of the latency target; default objectives.device")
     strength: float = Field(
         0.1,
         ge=0,
@@ -48,6 +50,10 @@ class MorphNetOptions(PluginOptions):
     budget_kind: Literal["relative", "absolute"] = Field(
         "relative", description="budget as a share of the seed network's count (relative) or as a count (absolute)"
     )
+    cycles: int = Field(
+        1, ge=1, description="shrink -> expand cycles, each regularising, shrinking, expanding and fine-tuning the "
+        "previous cycle's network; every cycle's network is recorded, the last is the stage's output"
+    )
 
     @model_validator(mode="after")
     def _one_expand_rule(self) -> "MorphNetOptions":
@@ -62,6 +68,10 @@ class MorphNetCompressor(Compressor):
     name = "morphnet"
     description = "MorphNet: FLOP/size-weighted L1 on BN gates, prune dead channels and blocks, expand, fine-tune"
     Options = MorphNetOptions
+
+    @classmethod
+    def latency_device(cls, options: MorphNetOptions, objective_device: str) -> str | None:
+        return (options.latency_device or objective_device) if options.target == "latency" else None
 
     def compress(self, ctx: CompressContext) -> CompressResult:
         from .morphnet import compress

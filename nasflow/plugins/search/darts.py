@@ -178,10 +178,11 @@ class Darts(OneShotStrategy):
                 for a, g in zip(alphas, grads):
                     a.grad = g
             else:
-                loss = F.cross_entropy(model(xa, [F.softmax(a, 0) for a in alphas]), ya)
-                if latency is not None:
-                    loss = loss + latency
-                loss.backward()
+                with model.frozen_weights():
+                    loss = F.cross_entropy(model(xa, [F.softmax(a, 0) for a in alphas]), ya)
+                    if latency is not None:
+                        loss = loss + latency
+                    loss.backward()
             a_opt.step()
             a_losses.append(loss.detach())
             w_opt.zero_grad(set_to_none=True)

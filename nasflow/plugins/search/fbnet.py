@@ -126,9 +126,7 @@ class Fbnet(OneShotStrategy):
         if epoch < self.options.warmup_epochs:
             return losses
         order = shuffled(ctx.arch_split, s.gen)
-        for p in s.model.weight_parameters():
-            p.requires_grad_(False)  # the architecture step needs no weight gradients
-        try:
+        with s.model.frozen_weights():  # the architecture step needs no weight gradients
             for step in range(len(order) // batch):
                 part = order[step * batch : (step + 1) * batch]
                 x, y = to_device(data.batch("train", part), device), to_device(labels[part], device)
@@ -139,9 +137,6 @@ class Fbnet(OneShotStrategy):
                 loss.backward()
                 s.a_opt.step()
                 a_losses.append(loss.detach())
-        finally:
-            for p in s.model.weight_parameters():
-                p.requires_grad_(True)
         losses["arch_loss"] = float(torch.stack(a_losses).mean())
         return losses
 

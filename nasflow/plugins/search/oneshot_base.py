@@ -35,10 +35,10 @@ class OneShotOptions(LatencyTermOptions):
     grad_clip: float = Field(5.0, gt=0, description="gradient-norm clip of the weight step")
     arch_lr: float = Field(3e-4, gt=0, description="Adam learning rate of the architecture parameters")
     arch_weight_decay: float = Field(1e-3, ge=0)
-    recompute: bool = Field(
-        True, description="recompute each candidate's inner activations in the backward pass instead of keeping them "
-        "(gradient checkpointing of the mixed layers): the same gradients in a fraction of the memory, for one more "
-        "forward pass of each candidate"
+    recompute: float = Field(
+        0.5, ge=0, le=1, description="share of the supernet's candidate activations recomputed in the backward pass "
+        "instead of kept (gradient checkpointing of the mixed layers holding the most, largest first): the same "
+        "gradients in less memory, for one more forward pass of those layers; 0: keep everything"
     )
 
 
@@ -134,7 +134,7 @@ class OneShotStrategy(SupernetStrategy):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             model = SupernetModel(supernet, data.in_channels, data.num_classes).to(device)
-        model.set_recompute(opts.recompute)
+        model.set_recompute(opts.recompute, tuple(data.input_shape[2:]))
         alphas = [torch.zeros(len(layer.candidates), device=device, requires_grad=True) for layer in supernet.layers]
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=self._w_lr(ctx), momentum=opts.w_momentum,
                                 weight_decay=opts.w_weight_decay)

@@ -32,7 +32,7 @@ class ProxylessOptions(OneShotOptions):
     arch_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the architecture parameters")
     arch_weight_decay: float = Field(0.0, ge=0)
     warmup_epochs: int = Field(0, ge=0, description="first epochs that train the weights only (single sampled paths)")
-    recompute: bool = Field(False, description="recompute the two paths of an architecture step in the backward pass (binarized paths keep memory low without it)")
+    recompute: float = Field(0.0, ge=0, le=1, description="share of the activations of an architecture step's two paths recomputed in the backward pass (binarized paths keep memory low without it)")
     latency_weight: float = Field(
         0.0, ge=0, description="architecture loss += this x expected latency (ms) on latency_device, from its LUT; 0: no latency term"
     )
@@ -145,16 +145,10 @@ class Proxyless(OneShotStrategy):
 
         pairs = sample_paths(s.alphas, s.gen, 2)
         gates, leaves = binary_gates(s.alphas, pairs, s.gen)
-        params = s.model.weight_parameters()
-        for p in params:
-            p.requires_grad_(False)  # the gates' gradient needs the paths' outputs, not the weights' gradients
-        try:
+        with s.model.frozen_weights():  # the gates' gradient needs the paths' outputs, not the weights' gradients
             loss = F.cross_entropy(s.model(x, gates), y)
             flat = [leaf for layer in leaves for leaf in layer]
             grads = iter(torch.autograd.grad(loss, flat, allow_unused=True))
-        finally:
-            for p in params:
-                p.requires_grad_(True)
         s.a_opt.zero_grad(set_to_none=True)
         before = [a.detach()[pair].clone() for a, pair in zip(s.alphas, pairs)]
         for a, pair, layer in zip(s.alphas, pairs, leaves):
