@@ -81,7 +81,10 @@ def load_data(images: int, archive: Path, cache_dir: Path):
 
     from nasflow.data import Dataset
 
-    data, description = cifar_like_dataset(int(images / 0.9) + 2, archive, cache_dir)
+    # 10 % of the images go to validation and test; the margin covers the stratified rounding.
+    data, description = cifar_like_dataset(int(images / 0.9) + 2 + max(16, images // 100), archive, cache_dir)
+    if data.size("train") < images:
+        raise SystemExit(f"the training split has {data.size('train')} images, fewer than --images {images}")
     train = data.rows["train"][:images]
     rows = {**data.rows, "train": train}
     labels = {**data.labels, "train": data.labels["train"][: len(train)]}

@@ -59,7 +59,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("stage", "VARCHAR", "Pipeline stage that produced the row."),
         ("arch", "VARCHAR", "Canonical architecture string."),
         ("arch_hash", "VARCHAR", "Hash of `arch`: the architecture's identity across runs."),
-        ("parent_id", "VARCHAR", "Candidate this one was derived from: the search candidate a train row trained, the train row a morph row compressed."),
+        ("parent_id", "VARCHAR", "Candidate this one was derived from: the search candidate a train row trained, the train row a morph row compressed (with `morph.options.cycles` > 1, each cycle's network the one before it; `extra.seed_id` names the train row)."),
         ("status", "VARCHAR", "Whether evaluation succeeded."),
         ("error", "VARCHAR", "Why evaluation failed."),
         ("params", "BIGINT", "Number of trainable parameters."),

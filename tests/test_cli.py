@@ -82,7 +82,7 @@ def test_validate_good_spec(tmp_path, spec_text):
     [
         ("unknown-key", ("  batch_size: 3\n", "  batch_size: 3\n  budgett: 3\n"), "budgett", "search.budgett: unknown key"),
         ("strategy", ("strategy: evolution", "strategy: evolutoin"), "evolutoin",
-         "search.strategy: 'evolutoin' is not a registered search strategy; available: darts, evolution, mnasnet, nsga2, optuna, random"),
+         "search.strategy: 'evolutoin' is not a registered search strategy; available: darts, evolution, fbnet, mnasnet, nsga2, optuna, proxyless, random"),
         ("yaml", ("  head_channels: 32\n", "  head_channels: 32\n   oops: 1\n"), "oops", "malformed YAML"),
     ],
 )

@@ -148,7 +148,7 @@ def test_every_hookspec_is_documented_and_implemented_by_a_builtin():
 def test_unknown_plugin_error_lists_choices():
     from nasflow.errors import PluginError
 
-    with pytest.raises(PluginError, match="'evolutoin' is not a registered search strategy; available: darts, evolution, mnasnet, nsga2, optuna, random"):
+    with pytest.raises(PluginError, match="'evolutoin' is not a registered search strategy; available: darts, evolution, fbnet, mnasnet, nsga2, optuna, proxyless, random"):
         get_plugins().get("search", "evolutoin")
 
 

@@ -53,7 +53,7 @@ def test_misspelled_strategy_lists_choices():
         parse_spec(GOOD.replace("strategy: evolution", "strategy: evolutoin"), "s.yaml")
     message = str(err.value)
     assert "s.yaml:6: search.strategy:" in message
-    assert "'evolutoin' is not a registered search strategy; available: darts, evolution, mnasnet, nsga2, optuna, random" in message
+    assert "'evolutoin' is not a registered search strategy; available: darts, evolution, fbnet, mnasnet, nsga2, optuna, proxyless, random" in message
 
 
 def test_plugin_options_validated_by_the_plugin_model():
