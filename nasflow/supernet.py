@@ -29,13 +29,15 @@ class MixedOp(nn.Module):
         self.recompute = False
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        active = [(w, op) for w, op in zip(weights, self.candidates) if w.requires_grad or float(w) != 0.0]
+        # One read of each weight (a device sync on a GPU): (weight, candidate, weight is exactly 0).
+        read = [(w, op, float(w.detach()) == 0.0) for w, op in zip(weights, self.candidates)]
+        active = [(w, op, zero) for w, op, zero in read if w.requires_grad or not zero]
         # With several paths in the graph, their inner activations (the expanded tensors) are what
         # fills memory: recomputing them in the backward pass keeps one candidate's at a time.
         recompute = self.recompute and len(active) > 1 and torch.is_grad_enabled()
         out = None
-        for weight, op in active:
-            if float(weight) == 0.0:
+        for weight, op, zero in active:
+            if zero:
                 # A gate at exactly 0 (Proxyless' inactive path) passes no gradient into its
                 # candidate or back to x; only its own gradient, <dL/dy, op(x)>, needs the output.
                 with torch.no_grad():

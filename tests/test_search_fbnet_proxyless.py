@@ -18,15 +18,7 @@ from nasflow.plugins.search.proxyless import gate_to_alpha_grad, rescale_pair
 from nasflow.spaces.layerwise import LayerwiseOptions, LayerwiseSpace, StageOptions
 from nasflow.spec import parse_spec
 
-from test_search_darts import ChainSpace, context, darts_spec, dataset, sign_pairs
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_search_darts import ChainSpace, context, darts_spec, dataset, one_thread, sign_pairs  # noqa: F401 (one_thread: autouse fixture)
 
 
 def strategy(name, space, **options):
