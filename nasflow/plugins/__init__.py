@@ -35,6 +35,7 @@ BUILTIN_MODULES = (
     "nasflow.plugins.devices.android",
     "nasflow.plugins.compress.morphnet_plugin",
     "nasflow.plugins.compress.width_multiplier",
+    "nasflow.plugins.compress.prune",
     "nasflow.spaces.layerwise",
     "nasflow.spaces.mnasnet",
     "nasflow.spaces.fbnet",
