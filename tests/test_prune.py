@@ -125,7 +125,8 @@ def test_half_the_macs_gives_a_child_that_round_trips_and_is_fine_tuned(parent, 
     assert arch.blocks[0].squeeze is None and arch.blocks[0].se == 0.25  # SE width follows the block input: unchanged
     shrunk = [g for g in channel_groups(parent_arch) if stats["channels_after"][g.name] < g.width]
     assert shrunk, stats["channels_after"]
-    assert result.val_accuracy > 0.25  # fine-tuned for real: chance is 0.1
+    # Fine-tuned for real: better than the pruned weights as they were.
+    assert result.val_accuracy > stats["pruned_val_accuracy"] + 0.05, stats
     for name, tensor in parent.state_dict().items():  # the parent is left as trained
         assert torch.equal(tensor, before[name]), name
 
