@@ -15,7 +15,7 @@ from nasflow.data import load_dataset
 from nasflow.errors import PluginError, SpecError
 from nasflow.plugin_api import CompressContext
 from nasflow.plugins import get_plugins
-from nasflow.plugins.compress.morphnet import channel_groups
+from nasflow.plugins.compress.channel_groups import channel_groups
 from nasflow.plugins.compress.prune import PruneCompressor, PruneOptions, prune_network
 from nasflow.spec import parse_spec
 from nasflow.train import train_model
@@ -123,7 +123,7 @@ def test_half_the_macs_gives_a_child_that_round_trips_and_is_fine_tuned(parent, 
     assert arch.stem == parent_arch.stem and [b.out for b in arch.blocks] == [b.out for b in parent_arch.blocks]
     assert arch.blocks[3] == parent_arch.blocks[3]
     assert arch.blocks[0].squeeze is None and arch.blocks[0].se == 0.25  # SE width follows the block input: unchanged
-    shrunk = [g for g in channel_groups(parent_arch) if stats["channels_after"][g.name] < g.width]
+    shrunk = [g for g in channel_groups(parent_arch, residual_widths=False) if stats["channels_after"][g.name] < g.width]
     assert shrunk, stats["channels_after"]
     # Fine-tuned for real: better than the pruned weights as they were.
     assert result.val_accuracy > stats["pruned_val_accuracy"] + 0.05, stats

@@ -166,6 +166,28 @@ class Block(metaclass=_BlockType):
         """The same block with one prunable group resized."""
         raise ArchError(f"{self.kind!r} blocks have no prunable group {field!r}")
 
+    # --- resizing its input and output (MorphNet's shared widths)
+
+    output_gate: ClassVar[str | None] = None
+    """Attribute of its module holding the BatchNorm that produces its output channels (None: it has none)."""
+
+    def input_gates(self, in_channels: int) -> tuple[str, ...]:
+        """Attributes of its module holding BatchNorms whose channels are its input's (after a depthwise conv)."""
+        return ()
+
+    def resizable_io(self) -> bool:
+        """Whether its input and output widths may change (False where grouped convs tie them to the groups)."""
+        return True
+
+    def passes_input(self, in_channels: int) -> bool:
+        """Whether its output channels are its input's: an identity shortcut adds to them (or it is an identity)."""
+        return self.residual(in_channels)
+
+    def pinned(self, in_channels: int) -> Block:
+        """The same block with the widths that follow its input (``e``, ``se``) written out for `in_channels`,
+        so they stay when the input width changes."""
+        return self
+
 
 def check_groups(name: str, groups: int, channels: Sequence[tuple[str, int]]) -> None:
     """ArchError unless every listed width divides into `groups` groups."""

@@ -38,6 +38,11 @@ def squeeze_width(in_channels: int, ratio: float, squeeze: int | None) -> int:
     return max(1, int(in_channels * ratio))
 
 
+def pinned_squeeze(width: int) -> dict[str, object]:
+    """Record fields that fix an SE bottleneck at `width` whatever the block input (none without SE)."""
+    return {"se": 0.0, "squeeze": width} if width else {}
+
+
 def se_params(channels: int, reduced: int) -> int:
     """Two biased 1x1 convs: channels -> reduced -> channels."""
     return channels * reduced + reduced + reduced * channels + channels if reduced else 0

@@ -75,3 +75,5 @@ class ConvBlock(Block):
         branch = net.fork()
         branch.conv(self.out, self.kernel, self.stride, act=self.act, name=f"{prefix}.conv")
         join_branch(net, branch, self.residual(net.c), prefix)
+
+    output_gate: ClassVar[str | None] = "bn"

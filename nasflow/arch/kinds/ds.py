@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, ClassVar
 
 from ..block import Block, BlockShape, Size, same_out
 from ._common import (
     join_branch,
     normalise_conv_fields,
+    pinned_squeeze,
     se_fields,
     se_params,
     shortcut_fields,
@@ -109,3 +110,14 @@ class DSBlock(Block):
             branch.squeeze_excite(reduced, gate="hsigmoid", name=f"{prefix}.se")
         branch.conv(self.out, 1, act=self.act, name=f"{prefix}.pw")
         join_branch(net, branch, self.residual(cin), prefix)
+
+    # --- resizing
+
+    output_gate: ClassVar[str | None] = "pw_bn"
+
+    def input_gates(self, in_channels: int) -> tuple[str, ...]:
+        return ("dw_bn",)
+
+    def pinned(self, in_channels: int) -> DSBlock:
+        # The depthwise channels (and the SE on them) are the input's; only the SE bottleneck is fixed.
+        return replace(self, **pinned_squeeze(self.se_width(in_channels)))

@@ -9,6 +9,7 @@ from ..block import Block, BlockShape, PrunableGroup, Size, same_out
 from ._common import (
     join_branch,
     normalise_conv_fields,
+    pinned_squeeze,
     se_fields,
     se_params,
     shortcut_fields,
@@ -127,3 +128,8 @@ class FusedIRBlock(Block):
         if field != "mid":
             return super().with_width(field, width)  # type: ignore[return-value]
         return replace(self, mid=width)
+
+    output_gate: ClassVar[str | None] = "project_bn"
+
+    def pinned(self, in_channels: int) -> FusedIRBlock:
+        return replace(self, mid=self.mid_channels(in_channels), **pinned_squeeze(self.se_width(in_channels)))

@@ -10,6 +10,7 @@ from ..fields import positive_float, positive_int
 from ._common import (
     join_branch,
     normalise_conv_fields,
+    pinned_squeeze,
     se_fields,
     se_params,
     shortcut_fields,
@@ -189,3 +190,19 @@ class IRBlock(Block):
         if field != "mid":
             return super().with_width(field, width)  # type: ignore[return-value]
         return replace(self, mid=width)
+
+    output_gate: ClassVar[str | None] = "project_bn"
+
+    def resizable_io(self) -> bool:
+        return self.groups == 1
+
+    def input_gates(self, in_channels: int) -> tuple[str, ...]:
+        return () if self.has_expand(in_channels) else ("dw_bn",)
+
+    def pinned(self, in_channels: int) -> IRBlock:
+        # Without an expand conv the depthwise channels are the input's, and follow it (``e1`` stays).
+        if self.has_expand(in_channels):
+            widths = {"mid": self.mid_channels(in_channels)}
+        else:
+            widths = {"mid": None, "expansion": 1.0}
+        return replace(self, **widths, **pinned_squeeze(self.se_width(in_channels)))

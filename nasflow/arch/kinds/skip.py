@@ -44,3 +44,6 @@ class SkipBlock(Block):
         from torch import nn  # noqa: PLC0415
 
         return nn.Identity()
+
+    def passes_input(self, in_channels: int) -> bool:
+        return True

@@ -1,10 +1,14 @@
 """MorphNet's steps behind the `morphnet` compressor: resource-weighted L1 on BN gates, shrink, expand, fine-tune.
 
-After MorphNet (Gordon et al., CVPR 2018). Each block kind names its prunable channel groups
-(`Block.prunable`: the expanded channels of an ``ir`` block with an expand conv, gated by its
-depthwise BN, and of a ``fir`` block, gated by its expansion BN); the head's conv channels,
-gated by the head BN, are one more group. Block input/output widths stay fixed, so the cost of
-one channel of a group (MACs or parameters, given its neighbours) is exact and constant.
+After MorphNet (Gordon et al., CVPR 2018). The channel groups (`channel_groups`) are the inner
+widths the block kinds name (expanded channels, the head conv) and the shared widths: the stem's
+and every block's output channels, tied by residual adds. The cost of one channel of a group is
+the slope of the network's MACs, parameters or latency estimate in the group's width.
+
+Shrink cuts the shared widths first (torch-pruning's dependency graph removes a channel from
+every layer it touches), then the inner groups (hand-written, so a dropped channel's constant
+output act(beta) is folded into what reads it); a residual block whose inner channels all die
+becomes a skip layer. Expand widens the result (`resize.widen`): new channels start silent.
 """
 
 from __future__ import annotations
@@ -25,52 +29,14 @@ from ...arch.layers import FusedInvertedResidual, InvertedResidual
 from ...errors import PluginError
 from ...plugin_api import CompressContext, CompressResult
 from ...train import TrainResult, evaluate, train_model
+from .channel_groups import ChannelGroup, channel_groups, gate, gate_scales, group_named, with_width
 from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  (the plugin, re-exported)
+from .resize import cut_shared, widen
 
-# ---------------------------------------------------------------- channel groups
+__all__ = ["ChannelGroup", "channel_groups", "channel_costs", "make_regulariser", "shrink", "multiplier_for_budget"]
 
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels that live or die together: a group of one block (block index) or the head (None)."""
-
-    block: int | None
-    width: int
-    can_vanish: bool  # residual blocks may turn into skip layers
-    field: str = "head"  # the record field that sets the width (the kind's PrunableGroup.field)
-    gate: str = "head_bn"  # the BatchNorm whose scale gates the channels
-    avoid: tuple[int, ...] = ()  # widths the group must not take (mid == in drops an ir expand conv)
-
-    @property
-    def name(self) -> str:
-        if self.block is None:
-            return "head"
-        return f"blocks.{self.block}" if self.field == "mid" else f"blocks.{self.block}.{self.field}"
-
-
-def channel_groups(arch: Arch) -> list[ChannelGroup]:
-    """Prunable groups of an arch, blocks in order (as their kinds name them), then the head conv."""
-    groups, channels = [], arch.stem
-    for index, block in enumerate(arch.blocks):
-        for g in block.prunable(channels):
-            groups.append(ChannelGroup(index, g.width, g.can_vanish, g.field, g.gate, g.avoid))
-        channels = block.out
-    if arch.head is not None:
-        groups.append(ChannelGroup(None, arch.head, False))
-    return groups
-
-
-def _with_width(arch: Arch, group: ChannelGroup, width: int) -> Arch:
-    if group.block is None:
-        return dataclasses.replace(arch, head=width)
-    blocks = list(arch.blocks)
-    blocks[group.block] = blocks[group.block].with_width(group.field, width)
-    return dataclasses.replace(arch, blocks=tuple(blocks))
-
-
-def _gate(model: ArchNet, group: ChannelGroup) -> nn.BatchNorm2d:
-    # The gating BN covers a group's channels exactly: with gamma = beta = 0 a channel emits act(0) = 0.
-    return model.head_bn if group.block is None else getattr(model.blocks[group.block], group.gate)
+# The groups themselves (inner widths and shared widths) live in channel_groups; re-exported here.
+_gate, _with_width = gate, with_width
 
 
 def channel_costs(
@@ -96,17 +62,18 @@ def channel_costs(
 def make_regulariser(
     arch: Arch, costs: dict[str, float], strength: float
 ) -> Callable[[nn.Module], torch.Tensor]:
-    """strength * sum over groups of cost-weighted |gamma|; the costliest channel weighs 1."""
+    """strength * sum over groups of cost-weighted |gamma|; the average channel weighs 1."""
     groups = channel_groups(arch)
     if not groups:
         raise PluginError(f"morphnet: {format_arch(arch)!r} has no prunable channel group (no expand conv, no head conv)")
-    # Scaling by the largest per-channel cost makes `strength` the L1 pressure on the most expensive
-    # channels whatever the image size, model scale or target, so one default suits them all.
-    top_cost = max(costs[g.name] for g in groups)
-    weights = [(g, costs[g.name] / top_cost) for g in groups]
+    # Scaling by the average per-channel cost (over every prunable channel) makes `strength` the
+    # L1 pressure on a typical channel whatever the image size, model scale or target, so one
+    # default suits them all; a channel feeding several layers (a shared width) weighs more.
+    mean_cost = sum(costs[g.name] * g.width for g in groups) / sum(g.width for g in groups)
+    weights = [(g, costs[g.name] / mean_cost) for g in groups]
 
     def regulariser(model: nn.Module) -> torch.Tensor:
-        terms = [weight * _gate(model, g).weight.abs().sum() for g, weight in weights]
+        terms = [weight * gate_scales(model, g).sum() for g, weight in weights]
         return strength * torch.stack(terms).sum()
 
     return regulariser
@@ -278,6 +245,56 @@ def _transplant(dst: ArchNet, src: ArchNet, plans: list[GroupPlan]) -> None:
     _copy_head(dst, src, head.keep if head is not None else None)
 
 
+@dataclass(frozen=True)
+class ChildPlan:
+    """How shrink and expand turn a network into its child: shared widths first, then the inner groups."""
+
+    shared: list[GroupPlan]  # groups of the parent's arch: survivors (`keep`) and width after expanding
+    cut_arch: Arch  # the parent with every shared width at its survivors
+    inner: list[GroupPlan]  # inner groups of cut_arch
+    inner_arch: Arch  # cut_arch with the inner groups planned (blocks may have become skip layers)
+    arch: Arch  # the child: inner_arch with the shared widths expanded
+
+    @property
+    def plans(self) -> list[GroupPlan]:
+        return self.inner + self.shared
+
+
+def plan_child(model: ArchNet, threshold: float, min_channels: int = 1, multiplier: float = 1.0) -> ChildPlan:
+    """The child `shrink` gives (architectures and survivors only; no weights are built)."""
+    arch = model.arch
+    groups = channel_groups(arch)
+    scales = {g.name: gate_scales(model, g).detach().float().cpu() for g in groups}
+    shared, cut_arch = [], arch
+    for group in (g for g in groups if g.shared):
+        plan = plan_group(scales[group.name], group, threshold, min_channels, multiplier)
+        if len(plan.keep) != group.width:
+            # The survivors may meet a width another group's change made structural: keep one more.
+            current, width = _fit_width(cut_arch, group.name, len(plan.keep))
+            keep = torch.topk(scales[group.name], width).indices.sort().values if width != len(plan.keep) else plan.keep
+            plan = dataclasses.replace(plan, keep=keep, width=max(plan.width, width))
+            cut_arch = with_width(cut_arch, current, width)
+        shared.append(plan)
+    inner = [
+        plan_group(scales[g.name], g, threshold, min_channels, multiplier)
+        for g in channel_groups(cut_arch, residual_widths=False)
+    ]
+    inner_arch = child = _child_arch(cut_arch, inner)
+    for plan in shared:
+        if plan.width != len(plan.keep):
+            current, width = _fit_width(child, plan.group.name, plan.width)
+            child = with_width(child, current, width)
+    return ChildPlan(shared, cut_arch, inner, inner_arch, child)
+
+
+def _fit_width(arch: Arch, name: str, width: int) -> tuple[ChannelGroup, int]:
+    """The named shared group of `arch` and the first width from `width` up that keeps the structure."""
+    group = group_named(channel_groups(arch), name)
+    while width in group.avoid:
+        width += 1
+    return group, width
+
+
 def shrink(
     model: ArchNet,
     threshold: float,
@@ -291,21 +308,19 @@ def shrink(
     becomes a skip layer (its branch, including the project BN's constant output, is dropped).
     New channels of the expand step are initialised from `seed` with silent outgoing weights.
     """
-    arch = model.arch
-    plans = [
-        plan_group(_gate(model, g).weight, g, threshold, min_channels, width_multiplier)
-        for g in channel_groups(arch)
-    ]
-    child_arch = _child_arch(arch, plans)
+    plan = plan_child(model, threshold, min_channels, width_multiplier)
+    cuts = [(p.group, _dropped(p.group.width, p.keep)) for p in plan.shared]
+    source = cut_shared(model, cuts, plan.cut_arch) if plan.cut_arch != model.arch else copy.deepcopy(model).cpu().float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        child = build_model(child_arch, model.in_channels, model.num_classes)
-    source = copy.deepcopy(model).cpu().float()
+        child = build_model(plan.inner_arch, model.in_channels, model.num_classes)
     with torch.no_grad():
-        _transplant(child, source, plans)
+        _transplant(child, source, plan.inner)
+    if plan.arch != plan.inner_arch:
+        child = widen(child, plan.arch, seed + 1)
     child.train(model.training)
-    removed = sum(plan.keep is None for plan in plans)
-    return ShrinkResult(child, child_arch, plans, removed)
+    removed = sum(p.keep is None for p in plan.inner)
+    return ShrinkResult(child, plan.arch, plan.plans, removed)
 
 
 # ---------------------------------------------------------------- expand to a budget
@@ -328,10 +343,7 @@ UNITS = {"flops": "MACs", "size": "parameters", "latency": "ms"}
 
 def _expanded_arch(model: ArchNet, threshold: float, min_channels: int, multiplier: float) -> Arch:
     """The architecture `shrink` would give at `multiplier` (no weights are built)."""
-    plans = [
-        plan_group(_gate(model, g).weight, g, threshold, min_channels, multiplier) for g in channel_groups(model.arch)
-    ]
-    return _child_arch(model.arch, plans)
+    return plan_child(model, threshold, min_channels, multiplier).arch
 
 
 def multiplier_for_budget(

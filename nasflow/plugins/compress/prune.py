@@ -3,7 +3,7 @@
 torch-pruning's DependencyGraph finds every tensor a channel touches (the convs and BatchNorms
 producing it, squeeze-excite, the projection or classifier reading it), so removing a channel
 removes all of its slices at once. Only the channel groups nasflow's grammar can write are
-pruned: `morphnet.channel_groups(arch)`, i.e. the expanded (mid) channels of an ``ir`` block with
+pruned: `channel_groups(arch, residual_widths=False)`, i.e. the expanded (mid) channels of an ``ir`` block with
 an expand conv and no channel groups, of a ``fir`` block, and the head's 1x1 conv. The stem,
 block outputs (residual widths), ``ds``/``conv`` blocks, grouped ``ir`` blocks, squeeze-excite
 widths, the head's fc layer and the classifier keep their widths.
@@ -19,7 +19,7 @@ reached in rounds (ratio ** (i / steps) of the parent's count after round i), ea
 `finetune_epochs` of fine-tuning.
 
 The surviving widths are read from the pruned modules, written into the parent's architecture
-(`morphnet._with_width`), and the pruned weights are loaded into `build_model(child arch)` with
+(`channel_groups.with_width`), and the pruned weights are loaded into `build_model(child arch)` with
 `strict=True`; the rebuilt model must compute what the pruned one does. Torch and torch-pruning
 load only when a model is compressed.
 """
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
     from ...arch import Arch
     from ...plugin_api import CompressContext, CompressResult
-    from .morphnet import ChannelGroup
+    from .channel_groups import ChannelGroup
 
 ITERATION_SHARE = 0.01
 """Share of the parent's prunable channels one pruning iteration removes (at least one channel)."""
@@ -143,12 +143,12 @@ def prune_network(opts: PruneOptions, ctx: "CompressContext") -> PruneOutcome:
 
     from ...errors import PluginError
     from ...train_device import resolve_device
-    from .morphnet import _gate, channel_groups
+    from .channel_groups import channel_groups, gate as _gate
 
     parent = _checked_parent(ctx)
     device = resolve_device(ctx.device) if isinstance(ctx.device, str) else ctx.device
     work = copy.deepcopy(parent).float().to(device).eval()
-    groups = channel_groups(parent.arch)
+    groups = channel_groups(parent.arch, residual_widths=False)  # block outputs keep their widths here
     if not groups:
         raise PluginError(
             f"prune: {_arch_text(parent.arch)!r} has no prunable channel group (an ir block with an expand conv, "
@@ -249,7 +249,7 @@ def _floor(group: "ChannelGroup") -> int:
 
 
 def _with_widths(arch: "Arch", groups: list["ChannelGroup"], widths: dict[str, int]) -> "Arch":
-    from .morphnet import _with_width
+    from .channel_groups import with_width as _with_width
 
     for group in groups:
         arch = _with_width(arch, group, widths[group.name])
@@ -258,7 +258,7 @@ def _with_widths(arch: "Arch", groups: list["ChannelGroup"], widths: dict[str, i
 
 def _current_arch(parent_arch: "Arch", model: "nn.Module", groups: list["ChannelGroup"]) -> "Arch":
     """The parent's architecture with each group at the width of its gate BN in the (pruned) model."""
-    from .morphnet import _gate
+    from .channel_groups import gate as _gate
 
     return _with_widths(parent_arch, groups, {g.name: _gate(model, g).num_features for g in groups})
 
