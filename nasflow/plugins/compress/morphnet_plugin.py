@@ -27,8 +27,8 @@ class MorphNetOptions(PluginOptions):
         0.1,
         ge=0,
         description=(
-            "L1 coefficient on the BN gate of the costliest channel; cheaper channels get proportionally less "
-            "(on digits 0.1 trims 10-40% of MACs or params at <1% accuracy; 0.2+ prunes hard)"
+            "L1 coefficient on the BN gate of a channel of average cost; the others in proportion to their cost "
+            "(on digits, a 3-epoch ir parent trained 2 epochs with it: 0.1 trims 6% of MACs, 0.2 about half)"
         ),
     )
     threshold: float = Field(1e-2, ge=0, description="channels whose BN |gamma| is below this are pruned")
