@@ -120,7 +120,7 @@ def train_unit(args: argparse.Namespace, arch_text: str, seed: int, save: str | 
     torch.manual_seed(seed)
     model = build_model(arch, data.in_channels, data.num_classes)
     start = time.perf_counter()
-    result = train_model(model, data, train_config(args, seed))
+    result = train_model(model, data, train_config(args, seed), device=args.device)
     test_accuracy, _ = evaluate(model, data, split="test")
     if save:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
@@ -163,7 +163,7 @@ def structure_unit(args: argparse.Namespace, method: str, budget: float, latency
             latency = {LATENCY_DEVICE: _latency_model(latency_lut, data)}
         compressor = get_plugins().create("compressor", "morphnet", options)
     start = time.perf_counter()
-    ctx = CompressContext(model, model.arch, data, train_config(args, 0), data.input_shape,
+    ctx = CompressContext(model, model.arch, data, train_config(args, 0), data.input_shape, device=args.device,
                           latency=latency, objective_device=LATENCY_DEVICE if latency else None)
     result = compressor.compress(ctx)
     stats = {k: v for k, v in result.stats.items() if isinstance(v, (int, float, str))}
@@ -340,6 +340,8 @@ def _models(args: argparse.Namespace, state: State) -> list[dict[str, Any]]:
             "test_accuracy_per_seed": {str(r["seed"]): r["test_accuracy"] for r in runs},
             "val_accuracy": _mean([r["val_accuracy"] for r in runs]),
             "latency_ms": latency["ms"] if latency else None,
+            # The latency target's own estimate of the child (width-aware model on the LUT), to check against `latency_ms`.
+            "latency_estimated_ms": structure.get("stats", {}).get("latency_ms_after"),
             "structure_seconds": structure.get("seconds"),
         })
     return rows
@@ -383,6 +385,7 @@ def build_report(args: argparse.Namespace, state: State) -> dict[str, Any]:
         "benchmark": NAME,
         "settings": {**settings_of(args), "data": f"CIFAR-10 JPEG ({args.archive.name}): {args.images:,} stratified "
                      "training images (10 % validation), the 10,000 test images", "workers": args.workers,
+                     "device": getattr(args, "device", "cpu"),
                      "training": "every final architecture from scratch, the same recipe (SGD, cosine, augmentation)",
                      "latency": f"{LATENCY_DEVICE}, measured, fastest of 3 passes ({latency_runtime})"},
         "models": models,
@@ -422,6 +425,9 @@ def markdown(report: dict[str, Any]) -> str:
             "" if reduction is None else tables.signed_percent(reduction),
             "" if lat_reduction is None else tables.signed_percent(lat_reduction),
         ])
+    checks = [f"{m['method']} at budget {m['budget']}: estimated {m['latency_estimated_ms']:.3g} ms by the latency "
+              f"model, measured {m['latency_ms']:.3g} ms" for m in report["models"]
+              if m.get("latency_estimated_ms") is not None and m["latency_ms"] is not None]
     overall = report["flops_reduction_at_equal_accuracy"]
     verdict = ("no MorphNet model fell inside the width family's accuracy range" if overall is None else
                f"MorphNet's mean FLOP reduction at equal test accuracy: {tables.percent(overall)} "
@@ -438,6 +444,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"(the latency variant: of its estimated {LATENCY_DEVICE} latency); prune: magnitude, the same MAC shares. "
             f"Latency: {s['latency']}.",
             verdict + ".",
+            *(["Latency model check: " + "; ".join(checks) + "."] if checks else []),
         ),
     )
 
@@ -458,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reg-epochs", type=int, default=3)
     parser.add_argument("--latency", action="store_true", help=f"add the latency-target variant and {LATENCY_DEVICE} latencies")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one torch thread each")
+    parser.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda; one worker per GPU)")
     parser.add_argument("--state", type=Path, default=DEFAULT_STATE)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     tables.add_markdown_option(parser)

@@ -76,7 +76,7 @@ def single_thread():
 def test_options_defaults_and_validation():
     opts = MorphNetCompressor.Options()
     assert (opts.target, opts.threshold, opts.reg_epochs, opts.finetune_epochs) == ("flops", 1e-2, 3, 2)
-    assert (opts.width_multiplier, opts.min_channels) == (1.0, 1) and opts.strength > 0
+    assert (opts.width_multiplier, opts.min_channels) == (1.0, None) and opts.strength > 0
     with pytest.raises(ValidationError):
         MorphNetCompressor.Options(unknown=1)
     with pytest.raises(ValidationError):
@@ -228,6 +228,17 @@ def test_non_residual_block_keeps_min_channels():
     assert plan.alive == 0 and plan.width == 3 and result.arch.blocks[1].kind == "ir"
     strongest = model.blocks[1].dw_bn.weight.abs().topk(3).indices.sort().values
     assert torch.equal(plan.keep, strongest)
+
+
+def test_a_layer_without_a_residual_path_losing_every_channel_is_named():
+    model = _trained_like()
+    with torch.no_grad():
+        model.blocks[1].dw_bn.weight.mul_(1e-3)  # the strided block: nothing can stand in for it
+    with pytest.raises(PluginError, match=r"removes every channel of blocks\.1, which has no residual path"):
+        shrink(model, threshold=1e-2)
+    compressor = MorphNetCompressor(MorphNetCompressor.Options(reg_epochs=0, finetune_epochs=0))
+    with pytest.raises(PluginError, match="set min_channels"):
+        compressor.compress(_context(model, load_dataset(DatasetConfig())))
 
 
 def test_mid_never_collapses_onto_the_input_width():

@@ -100,11 +100,16 @@ class ShrinkResult:
     blocks_removed: int
 
 
-def _alive_channels(gamma: torch.Tensor, group: ChannelGroup, threshold: float, min_channels: int) -> torch.Tensor | None:
+def _alive_channels(gamma: torch.Tensor, group: ChannelGroup, threshold: float, min_channels: int | None) -> torch.Tensor | None:
     alive = torch.nonzero(gamma >= threshold).flatten()
     if len(alive) == 0 and group.can_vanish:
         return None
-    floor = min(min_channels, group.width)
+    if len(alive) == 0 and min_channels is None:
+        raise PluginError(
+            f"morphnet: threshold {threshold:g} removes every channel of {group.name}, which has no residual path to "
+            "stand in for it; lower morph.options.threshold or strength, or set min_channels to keep its strongest channels"
+        )
+    floor = min(min_channels or 1, group.width)
     if len(alive) < floor:
         alive = torch.topk(gamma, floor).indices
     while len(alive) in group.avoid and len(alive) < group.width:
@@ -112,17 +117,17 @@ def _alive_channels(gamma: torch.Tensor, group: ChannelGroup, threshold: float, 
     return alive.sort().values
 
 
-def _target_width(group: ChannelGroup, survivors: int, multiplier: float, min_channels: int) -> int:
+def _target_width(group: ChannelGroup, survivors: int, multiplier: float, min_channels: int | None) -> int:
     if multiplier == 1.0:
         return survivors
-    width = max(1, min(min_channels, group.width), round(survivors * multiplier))
+    width = max(1, min(min_channels or 1, group.width), round(survivors * multiplier))
     while width in group.avoid:
         width += 1
     return width
 
 
 def plan_group(
-    gamma: torch.Tensor, group: ChannelGroup, threshold: float, min_channels: int, multiplier: float
+    gamma: torch.Tensor, group: ChannelGroup, threshold: float, min_channels: int | None, multiplier: float
 ) -> GroupPlan:
     """Decide survivors and child width of one group from its gate |gamma|."""
     gamma = gamma.detach().abs().float().cpu()
@@ -260,7 +265,7 @@ class ChildPlan:
         return self.inner + self.shared
 
 
-def plan_child(model: ArchNet, threshold: float, min_channels: int = 1, multiplier: float = 1.0) -> ChildPlan:
+def plan_child(model: ArchNet, threshold: float, min_channels: int | None = None, multiplier: float = 1.0) -> ChildPlan:
     """The child `shrink` gives (architectures and survivors only; no weights are built)."""
     arch = model.arch
     groups = channel_groups(arch)
@@ -298,7 +303,7 @@ def _fit_width(arch: Arch, name: str, width: int) -> tuple[ChannelGroup, int]:
 def shrink(
     model: ArchNet,
     threshold: float,
-    min_channels: int = 1,
+    min_channels: int | None = None,
     width_multiplier: float = 1.0,
     seed: int = 0,
 ) -> ShrinkResult:
@@ -341,13 +346,13 @@ def _count(arch: Arch, in_channels: int, num_classes: int, image_size: tuple[int
 UNITS = {"flops": "MACs", "size": "parameters", "latency": "ms"}
 
 
-def _expanded_arch(model: ArchNet, threshold: float, min_channels: int, multiplier: float) -> Arch:
+def _expanded_arch(model: ArchNet, threshold: float, min_channels: int | None, multiplier: float) -> Arch:
     """The architecture `shrink` would give at `multiplier` (no weights are built)."""
     return plan_child(model, threshold, min_channels, multiplier).arch
 
 
 def multiplier_for_budget(
-    model: ArchNet, threshold: float, min_channels: int, budget: float, image_size: tuple[int, int], target: str,
+    model: ArchNet, threshold: float, min_channels: int | None, budget: float, image_size: tuple[int, int], target: str,
     latency=None,
 ) -> tuple[float, float]:
     """(largest uniform multiplier of the shrunk network whose `target` count is within `budget`, that count).
@@ -368,7 +373,7 @@ def multiplier_for_budget(
     if smallest > budget:
         raise PluginError(
             f"morphnet: budget {_amount(budget, target)} {unit} is below the smallest network the shrink can give "
-            f"({_amount(smallest, target)} {unit}: every prunable group at min_channels={min_channels}); raise morph.options.budget"
+            f"({_amount(smallest, target)} {unit}: every prunable group at {min_channels or 1} channel(s)); raise morph.options.budget"
         )
     high = 2.0
     while count(high) <= budget:  # grow the bracket until it holds the budget

@@ -37,7 +37,10 @@ class MorphNetOptions(PluginOptions):
     width_multiplier: float = Field(
         1.0, gt=0, description="MorphNet's expand step: scale every surviving prunable width (1.0 = shrink only)"
     )
-    min_channels: int = Field(1, ge=1, description="channels a group keeps at least (unless its block vanishes)")
+    min_channels: int | None = Field(
+        None, ge=1, description="channels a group keeps at least (unless its block vanishes); null: a group without a "
+        "residual path whose channels all fall below the threshold is an error naming it (with N: it keeps its N strongest)"
+    )
     budget: float | None = Field(
         None,
         gt=0,
