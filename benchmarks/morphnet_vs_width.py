@@ -274,7 +274,7 @@ def run_units(args: argparse.Namespace, state: State) -> None:
 
         def submit(key: str, fn, *fn_args) -> None:
             if not state.done(key) and key not in pending.values():
-                _log(f"start {key}")
+                _log(f"queued {key}")
                 pending[pool.submit(fn, args, *fn_args)] = key
 
         def submit_ready() -> None:
