@@ -24,7 +24,7 @@ def test_width_macs_at_equal_accuracy_is_log_linear_between_bracketing_members()
 
 def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
     values = dict(seed_arch=bench.SEED_ARCH, images=100, epochs=1, batch_size=32, lr=0.1, alphas=[0.5, 1.0],
-                  budgets=[0.6], seeds=[0, 1], strength=0.2, reg_epochs=1, latency=False, workers=1,
+                  budgets=[0.6], seeds=[0, 1], strength=0.2, reg_epochs=1, latency=False, workers=1, divisor=4,
                   archive=tmp_path / "cifar.tar.gz", cache_dir=tmp_path)
     return argparse.Namespace(**{**values, **overrides})
 
@@ -74,3 +74,4 @@ def test_width_family_scales_the_seed():
     seed, half = parse_arch(bench.width_arch(args, 1.0)), parse_arch(bench.width_arch(args, 0.5))
     assert count_macs(half, 3, 10, (32, 32)) < 0.5 * count_macs(seed, 3, 10, (32, 32))
     assert [b.out for b in half.blocks][-1] == [b.out for b in seed.blocks][-1] // 2
+    assert min(b.out for b in half.blocks) == 4  # the family's divisor (4) lets 8-channel layers halve
