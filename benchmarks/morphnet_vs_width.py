@@ -273,27 +273,34 @@ def run_units(args: argparse.Namespace, state: State) -> None:
     pending: dict[Future, str] = {}
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn"), initializer=_worker_init) as pool:
 
-        def submit(key: str, fn, *fn_args) -> None:
-            if not state.done(key) and key not in pending.values():
-                _log(f"queued {key}")
-                pending[pool.submit(fn, args, *fn_args)] = key
-
-        def submit_ready() -> None:
-            seed_ready = state.done("train:width:1.0:0") and seed_checkpoint(args).is_file()
-            if not seed_ready:  # the seed network is the width family's alpha 1, seed 0
-                state.units.pop("train:width:1.0:0", None)
-                submit("train:width:1.0:0", train_unit, width_arch(args, 1.0), 0, str(seed_checkpoint(args)))
-            for alpha in args.alphas:
-                for seed in args.seeds:
-                    if (alpha, seed) != (1.0, 0):
-                        submit(f"train:width:{alpha}:{seed}", train_unit, width_arch(args, alpha), seed)
+        def ready() -> list[tuple[str, Any, tuple]]:
+            """Units whose inputs exist, in priority order: the seed, structures (they need its weights), trainings."""
+            units: list[tuple[str, Any, tuple]] = []
+            seed_key = "train:width:1.0:0"  # the seed network is the width family's alpha 1, seed 0
+            seed_ready = state.done(seed_key) and seed_checkpoint(args).is_file()
+            pending_structures = any(not state.done(f"structure:{m}:{b}") for m, b in structures)
+            if not seed_ready and (pending_structures or not state.done(seed_key)):
+                state.units.pop(seed_key, None)  # its weights are gone: train it again
+                units.append((seed_key, train_unit, (width_arch(args, 1.0), 0, str(seed_checkpoint(args)))))
             for method, budget in structures:
                 key = f"structure:{method}:{budget}"
                 if seed_ready:
-                    submit(key, structure_unit, method, budget, state.units.get("lut"))
+                    units.append((key, structure_unit, (method, budget, state.units.get("lut"))))
+            for method, budget in structures:
+                key = f"structure:{method}:{budget}"
                 if state.done(key):
-                    for seed in args.seeds:
-                        submit(f"train:{method}:{budget}:{seed}", train_unit, state.units[key]["arch"], seed)
+                    units += [(f"train:{method}:{budget}:{seed}", train_unit, (state.units[key]["arch"], seed))
+                              for seed in args.seeds]
+            units += [(f"train:width:{alpha}:{seed}", train_unit, (width_arch(args, alpha), seed))
+                      for alpha in args.alphas for seed in args.seeds if (alpha, seed) != (1.0, 0)]
+            return [u for u in units if not state.done(u[0]) and u[0] not in pending.values()]
+
+        def submit_ready() -> None:
+            for key, fn, fn_args in ready():
+                if len(pending) >= args.workers:
+                    break  # one unit per worker: a unit made ready later still goes first by priority
+                _log(f"start {key}")
+                pending[pool.submit(fn, args, *fn_args)] = key
 
         submit_ready()
         while pending:
