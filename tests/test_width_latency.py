@@ -135,7 +135,8 @@ def test_the_morph_stage_fits_the_model_to_the_stored_lut(tmp_path):
 
     text = tiny_spec_text(tmp_path, name="latency-target", deploy=False).replace(
         "profile: {enabled: true}", "profile: {enabled: true, lut: true, passes: 1}").replace(
-        "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, target: latency, strength: 0.3}")
+        "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, target: latency, strength: 0.3, min_channels: 1}")
+    # (min_channels: the channel costs come from a measured LUT; a layer losing every channel must not fail the run)
     assert "lut: true" in text and "target: latency" in text
     loaded = LoadedSpec(parse_spec(text), tmp_path / "spec.yaml", text)
     summary = run_spec(loaded)

@@ -22,6 +22,7 @@ channels change. Grouped convs tie widths to their groups: a shared width touchi
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -73,6 +74,11 @@ def block_inputs(arch: Arch) -> list[int]:
 
 def channel_groups(arch: Arch, residual_widths: bool = True) -> list[ChannelGroup]:
     """Prunable groups of an arch: the inner ones, blocks in order, then the head conv; then the shared widths."""
+    return list(_groups(arch, residual_widths))
+
+
+@functools.lru_cache(maxsize=256)  # the budget bisection asks for the same architecture's groups at every probe
+def _groups(arch: Arch, residual_widths: bool) -> tuple[ChannelGroup, ...]:
     groups, inputs = [], block_inputs(arch)
     for index, (block, channels) in enumerate(zip(arch.blocks, inputs)):
         for g in block.prunable(channels):
@@ -81,21 +87,33 @@ def channel_groups(arch: Arch, residual_widths: bool = True) -> list[ChannelGrou
         groups.append(ChannelGroup(None, arch.head, False))
     if residual_widths:
         groups += _shared_widths(arch, inputs)
-    return groups
+    return tuple(groups)
 
 
-def _shared_widths(arch: Arch, inputs: list[int]) -> list[ChannelGroup]:
+def _shared_widths(arch: Arch, inputs: list[int], only: int | None | str = "all") -> list[ChannelGroup]:
+    """The shared groups (`only`: just the one written by that producer, None for the stem's)."""
     groups: list[ChannelGroup] = []
     producer: int | None = None  # None: the stem
     members: list[int] = []
+    runs = []
     for index, (block, channels) in enumerate(zip(arch.blocks, inputs)):
         if block.passes_input(channels):
             members.append(index)
             continue
-        groups += _shared_group(arch, producer, members, reader=index)
+        runs.append((producer, members, index))
         producer, members = index, [index]
-    groups += _shared_group(arch, producer, members, reader=None)
+    runs.append((producer, members, None))
+    for producer, members, reader in runs:
+        if only == "all" or only == producer:
+            groups += _shared_group(arch, producer, members, reader)
     return groups
+
+
+def shared_group(arch: Arch, group: ChannelGroup) -> ChannelGroup:
+    """`group`'s shared width as it stands in `arch` (whose other widths may have changed), avoid included."""
+    for found in _shared_widths(arch, block_inputs(arch), only=group.block):
+        return found
+    raise KeyError(group.name)
 
 
 def _shared_group(arch: Arch, producer: int | None, members: list[int], reader: int | None) -> list[ChannelGroup]:
@@ -159,13 +177,6 @@ def with_width(arch: Arch, group: ChannelGroup, width: int) -> Arch:
         blocks[i] = dataclasses.replace(blocks[i], out=width)
     stem = width if group.block is None else arch.stem
     return dataclasses.replace(arch, stem=stem, blocks=tuple(blocks))
-
-
-def group_named(groups: list[ChannelGroup], name: str) -> ChannelGroup:
-    for group in groups:
-        if group.name == name:
-            return group
-    raise KeyError(name)
 
 
 def gate(model: "nn.Module", group: ChannelGroup) -> "nn.BatchNorm2d":

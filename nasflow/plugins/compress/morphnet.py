@@ -29,7 +29,7 @@ from ...arch.layers import FusedInvertedResidual, InvertedResidual
 from ...errors import PluginError
 from ...plugin_api import CompressContext, CompressResult
 from ...train import TrainResult, evaluate, train_model
-from .channel_groups import ChannelGroup, channel_groups, gate, gate_scales, group_named, with_width
+from .channel_groups import ChannelGroup, channel_groups, gate, gate_scales, shared_group, with_width
 from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  (the plugin, re-exported)
 from .resize import cut_shared, widen
 
@@ -275,7 +275,7 @@ def plan_child(model: ArchNet, threshold: float, min_channels: int | None = None
         plan = plan_group(scales[group.name], group, threshold, min_channels, multiplier)
         if len(plan.keep) != group.width:
             # The survivors may meet a width another group's change made structural: keep one more.
-            current, width = _fit_width(cut_arch, group.name, len(plan.keep))
+            current, width = _fit_width(cut_arch, group, len(plan.keep))
             keep = torch.topk(scales[group.name], width).indices.sort().values if width != len(plan.keep) else plan.keep
             plan = dataclasses.replace(plan, keep=keep, width=max(plan.width, width))
             cut_arch = with_width(cut_arch, current, width)
@@ -287,14 +287,14 @@ def plan_child(model: ArchNet, threshold: float, min_channels: int | None = None
     inner_arch = child = _child_arch(cut_arch, inner)
     for plan in shared:
         if plan.width != len(plan.keep):
-            current, width = _fit_width(child, plan.group.name, plan.width)
+            current, width = _fit_width(child, plan.group, plan.width)
             child = with_width(child, current, width)
     return ChildPlan(shared, cut_arch, inner, inner_arch, child)
 
 
-def _fit_width(arch: Arch, name: str, width: int) -> tuple[ChannelGroup, int]:
-    """The named shared group of `arch` and the first width from `width` up that keeps the structure."""
-    group = group_named(channel_groups(arch), name)
+def _fit_width(arch: Arch, group: ChannelGroup, width: int) -> tuple[ChannelGroup, int]:
+    """The shared group as it stands in `arch` and the first width from `width` up that keeps the structure."""
+    group = shared_group(arch, group)
     while width in group.avoid:
         width += 1
     return group, width
@@ -331,6 +331,7 @@ def shrink(
 # ---------------------------------------------------------------- expand to a budget
 
 BISECTION_STEPS = 40  # the multiplier interval halves each step; the count is exact at every probe
+BISECTION_TOLERANCE = 1e-6  # stop once the interval is this small relative to the multiplier
 
 
 def _count(arch: Arch, in_channels: int, num_classes: int, image_size: tuple[int, int], target: str, latency=None) -> float:
@@ -381,6 +382,8 @@ def multiplier_for_budget(
         if high > 1024:
             break
     for _ in range(BISECTION_STEPS):
+        if high - low <= BISECTION_TOLERANCE * high:
+            break  # finer than any width step a network of sane size has; each probe plans a whole child
         middle = (low + high) / 2
         if count(middle) <= budget:
             low = middle
