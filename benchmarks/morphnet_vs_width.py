@@ -79,6 +79,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "seed_arch": args.seed_arch, "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "alphas": args.alphas, "budgets": args.budgets, "seeds": args.seeds,
         "strength": args.strength, "reg_epochs": args.reg_epochs, "latency": args.latency, "divisor": args.divisor,
+        "min_channels": args.min_channels,
     }
 
 
@@ -159,7 +160,7 @@ def structure_unit(args: argparse.Namespace, method: str, budget: float, latency
     else:
         target = "latency" if method == "morphnet-latency" else "flops"
         options = {"target": target, "strength": args.strength, "reg_epochs": args.reg_epochs, "finetune_epochs": 0,
-                   "budget": budget, "budget_kind": "relative"}
+                   "budget": budget, "budget_kind": "relative", "min_channels": args.min_channels}
         if target == "latency":
             latency = {LATENCY_DEVICE: _latency_model(latency_lut, data)}
         compressor = get_plugins().create("compressor", "morphnet", options)
@@ -225,7 +226,9 @@ def measure_latency(archs: list[str]) -> tuple[list[float], str]:
 def seed_checkpoint(args: argparse.Namespace) -> Path:
     import hashlib
 
-    key = hashlib.sha256(json.dumps(settings_of(args), sort_keys=True).encode()).hexdigest()[:12]
+    settings = settings_of(args)
+    trained_with = {k: settings[k] for k in ("seed_arch", "images", "epochs", "batch_size", "lr")}  # what its weights depend on
+    key = hashlib.sha256(json.dumps(trained_with, sort_keys=True).encode()).hexdigest()[:12]
     return args.cache_dir / f"seed-{key}.pt"
 
 
@@ -448,6 +451,7 @@ def markdown(report: dict[str, Any]) -> str:
         tables.paragraph(
             f"Seed `{s['seed_arch']}`; {s['data']}; {s['epochs']} epochs, batch {s['batch_size']}, lr {s['lr']}, "
             f"seeds {', '.join(map(str, s['seeds']))}; {s['training']}. MorphNet: strength {s['strength']}, "
+            f"min_channels {s.get('min_channels')}, "
             f"{s['reg_epochs']} regularisation epochs on the trained seed, budgets as shares of its MACs "
             f"(the latency variant: of its estimated {LATENCY_DEVICE} latency); prune: magnitude, the same MAC shares. "
             f"Latency: {s['latency']}.",
@@ -470,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--divisor", type=int, default=4, help="the width family's channel rounding")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.4, 0.6, 0.8], help="shares of the seed's MACs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--strength", type=float, default=0.2)
+    parser.add_argument("--strength", type=float, default=0.1, help="MorphNet's strength (default: the plugin's)")
+    parser.add_argument("--min-channels", type=int, default=1,
+                        help="MorphNet's min_channels: a layer whose channels all die keeps this many (a first run at "
+                        "strength 0.2 without it stopped: the stem lost every channel)")
     parser.add_argument("--reg-epochs", type=int, default=3)
     parser.add_argument("--latency", action="store_true", help=f"add the latency-target variant and {LATENCY_DEVICE} latencies")
     parser.add_argument("--workers", type=int, default=2, help="training processes, one torch thread each")

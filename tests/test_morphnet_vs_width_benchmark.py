@@ -24,7 +24,7 @@ def test_width_macs_at_equal_accuracy_is_log_linear_between_bracketing_members()
 
 def _args(tmp_path: Path, **overrides) -> argparse.Namespace:
     values = dict(seed_arch=bench.SEED_ARCH, images=100, epochs=1, batch_size=32, lr=0.1, alphas=[0.5, 1.0],
-                  budgets=[0.6], seeds=[0, 1], strength=0.2, reg_epochs=1, latency=False, workers=1, divisor=4,
+                  budgets=[0.6], seeds=[0, 1], strength=0.2, reg_epochs=1, latency=False, workers=1, divisor=4, min_channels=1,
                   archive=tmp_path / "cifar.tar.gz", cache_dir=tmp_path)
     return argparse.Namespace(**{**values, **overrides})
 
