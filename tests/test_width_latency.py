@@ -116,6 +116,23 @@ def test_morphnet_latency_target_prices_channels_and_expands_to_a_latency_budget
         MorphNetCompressor(options).compress(_context(net, digits, {}))
 
 
+def test_a_latency_model_that_prices_no_channel_is_refused_by_name():
+    from nasflow.config import DatasetConfig
+    from nasflow.data import load_dataset
+    from nasflow.plugins.compress.morphnet import MorphNetCompressor
+    from nasflow.width_latency import Rates
+
+    digits = load_dataset(DatasetConfig())
+    flat = Rates(0.05, 0.0, 0.0)  # all of the LUT's time in intercepts: width costs nothing
+    model_ = WidthLatencyModel("flat", 0.01, {}, flat, *GEOMETRY, entries=4)
+    net = build_model(parse_arch("stem_c8_s1-ir_k3_e3_c8_s1-head_c32"), 1, 10).eval()
+    options = MorphNetCompressor.Options(target="latency", reg_epochs=1, finetune_epochs=0)
+    ctx = _context(net, digits, {"flat": model_})
+    ctx.objective_device = "flat"
+    with pytest.raises(PluginError, match=r"no channel of .* costs anything \(flat: fitted to 4 LUT entries"):
+        MorphNetCompressor(options).compress(ctx)
+
+
 def test_spec_refuses_a_latency_target_without_a_lut(tmp_path):
     text = tiny_spec_text(tmp_path, profile=False).replace(
         "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, target: latency}")

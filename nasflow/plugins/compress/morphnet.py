@@ -70,6 +70,8 @@ def make_regulariser(
     # L1 pressure on a typical channel whatever the image size, model scale or target, so one
     # default suits them all; a channel feeding several layers (a shared width) weighs more.
     mean_cost = sum(costs[g.name] * g.width for g in groups) / sum(g.width for g in groups)
+    if mean_cost <= 0:
+        raise PluginError(f"morphnet: no channel of {format_arch(arch)!r} costs anything: nothing to weigh channels by")
     weights = [(g, costs[g.name] / mean_cost) for g in groups]
 
     def regulariser(model: nn.Module) -> torch.Tensor:
@@ -473,6 +475,14 @@ def _regularise(opts: MorphNetOptions, model: ArchNet, image_size: tuple[int, in
     if opts.reg_epochs == 0:
         return None
     costs = channel_costs(model.arch, model.in_channels, model.num_classes, image_size, opts.target, latency)
+    if costs and max(costs.values()) <= 0:
+        # Only the latency model can price every channel at nothing: its fit put all of the LUT's time in intercepts.
+        model_text = f" ({latency.describe()})" if latency is not None else ""
+        raise PluginError(
+            f"morphnet: under target {opts.target!r} no channel of {format_arch(model.arch)!r} costs anything"
+            f"{model_text}, so there is nothing to weigh channels by; re-profile the device on a quieter machine "
+            "(profile.refresh) or use target flops"
+        )
     regulariser = make_regulariser(model.arch, costs, opts.strength)
     result = _train(model, ctx, opts.reg_epochs, f"{label}regularise", regulariser)
     return result.val_accuracy
