@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,15 +27,15 @@ from ...arch.builder import ArchNet, build_model
 from ...arch.layers import FusedInvertedResidual, InvertedResidual
 from ...errors import PluginError
 from ...plugin_api import CompressContext, CompressResult
-from ...train import TrainResult, evaluate, train_model
-from .channel_groups import ChannelGroup, channel_groups, gate, gate_scales, shared_group, with_width
+from ...train import TrainResult, evaluate
+from .channel_groups import ChannelGroup, channel_groups, gate_scales, shared_group, with_width
 from .morphnet_plugin import MorphNetCompressor, MorphNetOptions  # noqa: F401  (the plugin, re-exported)
 from .resize import cut_shared, widen
+from .training import report as _report, train_step
 
 __all__ = ["ChannelGroup", "channel_groups", "channel_costs", "make_regulariser", "shrink", "multiplier_for_budget"]
 
-# The groups themselves (inner widths and shared widths) live in channel_groups; re-exported here.
-_gate, _with_width = gate, with_width
+# The groups themselves (inner widths and shared widths) live in channel_groups.
 
 
 def channel_costs(
@@ -54,7 +53,7 @@ def channel_costs(
         other = group.width + 1
         while other in group.avoid:
             other += 1
-        delta = measure(_with_width(arch, group, other)) - measure(_with_width(arch, group, group.width))
+        delta = measure(with_width(arch, group, other)) - measure(with_width(arch, group, group.width))
         costs[group.name] = delta / (other - group.width)
     return costs
 
@@ -150,7 +149,7 @@ def _child_arch(arch: Arch, plans: list[GroupPlan]) -> Arch:
             blocks[plan.group.block] = Block("skip", out=blocks[plan.group.block].out)
             arch = dataclasses.replace(arch, blocks=tuple(blocks))
         else:
-            arch = _with_width(arch, plan.group, plan.width)
+            arch = with_width(arch, plan.group, plan.width)
     return arch
 
 
@@ -530,26 +529,9 @@ def _resources(arch: Arch, model: ArchNet, image_size: tuple[int, int], latency=
     return counts
 
 
-def _report(ctx: CompressContext, step: str, done: int, total: int) -> None:
-    if ctx.progress is not None:
-        ctx.progress(step, done, total)
-
-
 def _train(model: nn.Module, ctx: CompressContext, epochs: int, step: str, extra_loss) -> TrainResult:
-    _report(ctx, step, 0, epochs)
-    result = train_model(
-        model,
-        ctx.dataset,
-        ctx.train_config,
-        epochs=epochs,
-        extra_loss=extra_loss,
-        progress=lambda done, total, _loss: _report(ctx, step, done, total),
-        device=ctx.device,
-        amp=ctx.amp,
-    )
-    if not math.isfinite(result.train_loss):
-        raise PluginError(f"morphnet: training diverged during {step} (loss {result.train_loss}); lower lr or strength")
-    return result
+    return train_step(model, ctx, epochs, step, f"morphnet: training diverged during {step}; lower lr or strength",
+                      extra_loss=extra_loss)
 
 
 def _evaluate(model: nn.Module, ctx: CompressContext) -> tuple[float, float]:

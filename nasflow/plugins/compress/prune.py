@@ -379,21 +379,9 @@ def _rebuild(work: "nn.Module", arch: "Arch", ctx: "CompressContext") -> tuple["
 
 
 def _finetune(model: "nn.Module", ctx: "CompressContext", epochs: int, step: str) -> tuple[float, float]:
-    from ...errors import PluginError
-    from ...train import train_model
+    from .training import train_step
 
-    _report(ctx, step, 0, epochs)
-    result = train_model(
-        model,
-        ctx.dataset,
-        ctx.train_config,
-        epochs=epochs,
-        progress=lambda done, total, _loss: _report(ctx, step, done, total),
-        device=ctx.device,
-        amp=ctx.amp,
-    )
-    if not math.isfinite(result.train_loss):
-        raise PluginError(f"prune: fine-tuning diverged (loss {result.train_loss}); lower train.config.lr")
+    result = train_step(model, ctx, epochs, step, "prune: fine-tuning diverged; lower train.config.lr")
     return result.val_accuracy, result.val_loss
 
 
@@ -402,5 +390,6 @@ def _skipped_note(skipped: list[str]) -> str:
 
 
 def _report(ctx: "CompressContext", step: str, done: int, total: int) -> None:
-    if ctx.progress is not None:
-        ctx.progress(step, done, total)
+    from .training import report
+
+    report(ctx, step, done, total)
