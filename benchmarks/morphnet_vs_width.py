@@ -79,7 +79,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         "seed_arch": args.seed_arch, "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "alphas": args.alphas, "budgets": args.budgets, "seeds": args.seeds,
         "strength": args.strength, "reg_epochs": args.reg_epochs, "latency": args.latency, "divisor": args.divisor,
-        "min_channels": args.min_channels,
+        "min_channels": args.min_channels, "strength_unit": "shift per regularisation phase",
     }
 
 

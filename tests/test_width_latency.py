@@ -103,7 +103,7 @@ def test_morphnet_latency_target_prices_channels_and_expands_to_a_latency_budget
         assert cost > 0, name
     torch.manual_seed(0)
     net = build_model(arch, 1, 10).eval()
-    options = MorphNetCompressor.Options(target="latency", budget=0.95, reg_epochs=1, finetune_epochs=0, strength=0.3)
+    options = MorphNetCompressor.Options(target="latency", budget=0.95, reg_epochs=1, finetune_epochs=0, strength=0.255)
     result = MorphNetCompressor(options).compress(_context(net, digits, {"linear": model_}))
     stats = result.stats
     assert stats["latency_ms_before"] == pytest.approx(model_.predict(arch))
@@ -152,7 +152,7 @@ def test_the_morph_stage_fits_the_model_to_the_stored_lut(tmp_path):
 
     text = tiny_spec_text(tmp_path, name="latency-target", deploy=False).replace(
         "profile: {enabled: true}", "profile: {enabled: true, lut: true, passes: 1}").replace(
-        "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, target: latency, strength: 0.3, min_channels: 1}")
+        "options: {reg_epochs: 1, finetune_epochs: 1}", "options: {reg_epochs: 1, finetune_epochs: 1, target: latency, strength: 0.24, min_channels: 1}")
     # (min_channels: the channel costs come from a measured LUT; a layer losing every channel must not fail the run)
     assert "lut: true" in text and "target: latency" in text
     loaded = LoadedSpec(parse_spec(text), tmp_path / "spec.yaml", text)

@@ -482,9 +482,17 @@ def _regularise(opts: MorphNetOptions, model: ArchNet, image_size: tuple[int, in
             f"{model_text}, so there is nothing to weigh channels by; re-profile the device on a quieter machine "
             "(profile.refresh) or use target flops"
         )
-    regulariser = make_regulariser(model.arch, costs, opts.strength)
+    regulariser = make_regulariser(model.arch, costs, per_step_strength(opts.strength, opts.reg_epochs, ctx))
     result = _train(model, ctx, opts.reg_epochs, f"{label}regularise", regulariser)
     return result.val_accuracy
+
+
+def per_step_strength(strength: float, epochs: int, ctx: CompressContext) -> float:
+    """The L1 coefficient per training step that moves an average channel's gate by `strength` in all
+    (lr x steps x coefficient) over the regularisation phase, whatever its length or learning rate."""
+    n = ctx.dataset.size("train")
+    steps = epochs * max(1, n // max(1, min(ctx.train_config.batch_size, n)))  # train_model drops the ragged batch
+    return strength / (ctx.train_config.lr * steps)
 
 
 def _finetune(opts: MorphNetOptions, model: ArchNet, ctx: CompressContext, label: str = "") -> tuple[float, float]:
