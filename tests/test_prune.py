@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from nasflow.arch import build_model, count_arch_params, count_macs, count_params, format_arch, parse_arch
-from nasflow.config import DatasetConfig, TrainConfig
-from nasflow.data import load_dataset
+from nasflow.config import TrainConfig
 from nasflow.errors import PluginError, SpecError
 from nasflow.plugin_api import CompressContext
 from nasflow.plugins import get_plugins
@@ -19,26 +18,13 @@ from nasflow.plugins.compress.channel_groups import channel_groups
 from nasflow.plugins.compress.prune import PruneCompressor, PruneOptions, prune_network
 from nasflow.spec import parse_spec
 from nasflow.train import train_model
+from test_morphnet import digits, single_thread  # noqa: F401  (shared fixtures: the digits data, one torch thread)
 
 # Block 0: residual ir with SE; 1: strided ir; 2: residual fir; 3: ir without expand conv (not prunable); head conv.
 ARCH = "stem_c8_s1-ir_k3_e3_c8_s1_se0.25-ir_k3_e4_c16_s2-fir_k3_e2_c16_s1-ir_k3_e1_c16_s1-head_c32"
 # Kinds whose widths stay: a grouped ir (channel shuffle), ds, conv, and a head fc after the head conv.
 MIXED = "stem_c8_s1-ir_k3_e2_c8_s1_g2-ds_k3_c16_s2-conv_k3_c16_s1-ir_k3_e3_c16_s1_ahswish-head_c32_f24"
 CONFIG = TrainConfig(batch_size=64, lr=0.05)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset(DatasetConfig())
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny models gain nothing from intra-op threads; on a busy 2-core machine they only slow down.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trained(digits, text: str, epochs: int = 2):
