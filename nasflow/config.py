@@ -266,7 +266,7 @@ class DeployConfig(Section):
     formats: list[str] = Field(
         default_factory=lambda: ["onnx"],
         min_length=1,
-        description="registered exporters (`nasflow plugins`): onnx, onnx-int8, tflite, tflite-int8",
+        description="registered exporters (`nasflow plugins`): edgetpu, onnx, onnx-int8, tflite, tflite-int8",
     )
     options: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per format, its exporter's options (e.g. onnx-int8: {calibration_images: 256})"

@@ -116,7 +116,7 @@ SCHEMA_DOC: dict[str, list[tuple[str, str, str]]] = {
         ("artifact_id", "VARCHAR", "Identifier of the artifact."),
         ("candidate_id", "VARCHAR", "Candidate exported (`candidates.candidate_id`)."),
         ("run_id", "VARCHAR", "Run that exported it (`runs.run_id`)."),
-        ("format", "VARCHAR", "Export format (`deploy.formats`: `onnx`, `onnx-int8`, `tflite`, `tflite-int8`, or a plugin's)."),
+        ("format", "VARCHAR", "Export format (`deploy.formats`: `onnx`, `onnx-int8`, `tflite`, `tflite-int8`, `edgetpu`, or a plugin's)."),
         ("path", "VARCHAR", "Where the file was written."),
         ("sha256", "VARCHAR", "SHA-256 of the file."),
         ("size_bytes", "BIGINT", "File size in bytes."),

@@ -1,5 +1,6 @@
 """The Edge TPU operator-mapping report: the compiler's three rules on operator lists, and a real
-full-integer .tflite read with LiteRT (its leading NCHW -> NHWC transpose is what stops the mapping)."""
+full-integer .tflite read with LiteRT (its leading NCHW -> NHWC transpose is what stops the mapping;
+channel-last export removes it)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,6 @@ def test_a_real_int8_model_is_read_in_execution_order(tmp_path):
     # PyTorch's NCHW input reaches LiteRT's NHWC kernels through a leading TRANSPOSE, which the
     # Edge TPU compiler cannot map: as exported today, nothing after it would run on the Edge TPU.
     assert names[0] == "TRANSPOSE" and mapping.first_cpu.index == 0 and mapping.on_tpu == 0
+    # exported channel-last (what the edgetpu exporter and device do), every operator maps
+    nhwc = edgetpu_mapping(convert_to_tflite_int8(model, (1, 3, 8, 8), tmp_path / "m.nhwc.int8.tflite", channel_last=True))
+    assert nhwc.first_cpu is None and nhwc.on_tpu == len(mapping.ops) - 1

@@ -8,6 +8,7 @@ which reuses the earlier stages. Real ONNX Runtime and LiteRT throughout (LiteRT
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -25,6 +26,7 @@ from nasflow.registry import Registry
 from nasflow.spec import load_spec
 
 from specs import tiny_spec_text
+from test_edgetpu_device import fake_compiler  # noqa: F401 (fixture)
 from test_plugins import install_dist
 
 LITERT = get_plugins().get("exporter", "tflite").cls.unavailable_reason()
@@ -129,6 +131,44 @@ def test_tflite_formats_export_verify_and_are_timed_on_litert(run):
     [row] = int8_rows
     assert (row["device"], row["artifact_format"]) == ("litert", "tflite-int8") and row["median_ms"] > 0
     assert row["extra"]["input_dtype"] == "int8"  # full-integer: the input tensor too
+
+
+@needs_litert
+def test_edgetpu_is_a_channel_last_int8_model_compiled_or_plainly_marked_not_compiled(run, fake_compiler):
+    from nasflow.export.edgetpu import cpu_model_path
+
+    tmp, spec, first = run
+    base = load_spec(spec).spec
+    candidate = next(c for c in Registry(tmp / "registry.duckdb").get_candidates(first.run_id)
+                     if c["candidate_id"] == first.artifacts[0]["candidate_id"])
+
+    def deploy_with(options):
+        ctx = RunContext(first.run_id, base.model_copy(update={"deploy": base.deploy.model_copy(
+            update={"options": {"edgetpu": {"calibration_images": 64, **options}}, "max_accuracy_drop": 0.05})}))
+        exporter = get_plugins().create("exporter", "edgetpu", ctx.spec.deploy.options["edgetpu"])
+        artifact, rows = _deploy(ctx, candidate, "edgetpu", {})
+        assert artifact["verified"], artifact["failure"]
+        assert artifact["reference_accuracy"] - artifact["accuracy"] <= 0.05 and rows == []
+        return exporter, artifact, exporter.describe(Path(artifact["path"]))
+
+    # no compiler: the int8 model, named as such, with the mapping report; every operator maps
+    # because the input is NHWC (an NCHW file would start with an unmappable TRANSPOSE)
+    exporter, plain, described = deploy_with({"compiler": "nasflow-no-such-compiler"})
+    assert plain["path"].endswith(".edgetpu-uncompiled.int8.tflite") and plain["options"]["compiled"] is False
+    assert "not compiled" in exporter.note() and fake_compiler() == []
+    assert described["edgetpu"]["compiled"] is False and described["layout"] == "NHWC"
+    assert described["edgetpu"]["operators_on_cpu"] == 0 and described["edgetpu"]["operators_on_edgetpu"] > 0
+    [image] = described["inputs"]
+    assert image["shape"][-1] == load_dataset(base.dataset).input_shape[1] and image["dtype"] == "int8"
+
+    # compiler on PATH (a stand-in): the compiled file is the artifact, its int8 source beside it
+    exporter, compiled, described = deploy_with({})
+    path = Path(compiled["path"])
+    assert path.name.endswith(".edgetpu.tflite") and compiled["options"]["compiled"] is True
+    assert exporter.note() is None and described["edgetpu"]["compiled"] is True
+    [argv] = fake_compiler()
+    assert argv[-1] == str(cpu_model_path(path)) and cpu_model_path(path).is_file()
+    assert compiled["artifact_id"] != plain["artifact_id"]
 
 
 TORCHSCRIPT_EXPORTER = textwrap.dedent('''

@@ -133,6 +133,12 @@ class TFLiteExporter(Exporter):
         return tflite_tensors(path)
 
 
+class TFLiteInt8Options(Int8Options):
+    channel_last: bool = Field(
+        False, description="NHWC input (images transposed from NCHW by the caller); the Edge TPU needs it"
+    )
+
+
 class TFLiteInt8Exporter(TFLiteExporter):
     """LiteRT full-integer int8 (PT2E static quantization), calibrated on training images.
 
@@ -144,7 +150,11 @@ class TFLiteInt8Exporter(TFLiteExporter):
     description = "LiteRT (TFLite) full-integer int8, calibrated on training images"
     suffix = "int8.tflite"
     quantized = True
-    Options = Int8Options
+    Options = TFLiteInt8Options
+
+    @property
+    def channel_last(self) -> bool:
+        return self.options.channel_last
 
     def export(self, model: "torch.nn.Module", example, path: Path, calibration=None) -> Path:
         import torch
@@ -152,13 +162,20 @@ class TFLiteInt8Exporter(TFLiteExporter):
         from nasflow.export.tflite_int8 import convert_to_tflite_int8
 
         if calibration is None or len(calibration) == 0:
-            raise ExportError("tflite-int8 needs at least one calibration image")
+            raise ExportError(f"{self.name} needs at least one calibration image")
         batches = [torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)) for image in calibration]
         return convert_to_tflite_int8(
-            model, _shape(example), path, batches, per_channel=self.options.per_channel
+            model, _shape(example), path, batches, per_channel=self.options.per_channel, channel_last=self.channel_last
         )
+
+    def runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:
+        from nasflow.export.tflite_fp32 import tflite_runner
+
+        return tflite_runner(path, self.channel_last)
 
 
 @hookimpl
 def nasflow_exporters():
-    return [OnnxExporter, OnnxInt8Exporter, TFLiteExporter, TFLiteInt8Exporter]
+    from nasflow.export.edgetpu import EdgeTPUExporter
+
+    return [OnnxExporter, OnnxInt8Exporter, TFLiteExporter, TFLiteInt8Exporter, EdgeTPUExporter]

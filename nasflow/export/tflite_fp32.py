@@ -202,8 +202,10 @@ def verify_tflite(
 
 
 
-def tflite_runner(path: str | os.PathLike) -> "Callable[[np.ndarray], np.ndarray]":
+def tflite_runner(path: str | os.PathLike, channel_last: bool = False) -> "Callable[[np.ndarray], np.ndarray]":
     """Batched logits of the .tflite at `path` on the LiteRT interpreter (1 thread).
+
+    Callers pass NCHW batches; `channel_last` says the file takes NHWC (they are transposed).
 
     The converter fixes the batch axis at 1; resizing it works for most models, and where the
     outputs do not follow, images go through one at a time. Integer models get their inputs
@@ -229,6 +231,8 @@ def tflite_runner(path: str | os.PathLike) -> "Callable[[np.ndarray], np.ndarray
             state["allocated"] = n
 
     def invoke(x: np.ndarray) -> np.ndarray:
+        if channel_last:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         allocate(len(x))
         interp.set_tensor(detail["index"], quantize(x, detail))
         interp.invoke()
@@ -269,6 +273,8 @@ def dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
-def tflite_accuracy(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    """Accuracy of the .tflite file itself on labelled images, run by the LiteRT interpreter."""
-    return classify_accuracy(tflite_runner(path), images, labels, batch_size)
+def tflite_accuracy(
+    path: str | os.PathLike, images: np.ndarray, labels: np.ndarray, batch_size: int = 256, channel_last: bool = False
+) -> float:
+    """Accuracy of the .tflite file itself on labelled (NCHW) images, run by the LiteRT interpreter."""
+    return classify_accuracy(tflite_runner(path, channel_last), images, labels, batch_size)

@@ -9,6 +9,11 @@ The converted model is integer end to end: its input and output tensors are int8
 scale and zero point in their `quantization` details (quantize inputs with them, dequantize
 outputs), which is what the Edge TPU compiler wants.
 
+`channel_last=True` gives the file an NHWC input (PyTorch still sees NCHW, through a permute
+the converter folds away). The default NCHW input reaches LiteRT's NHWC kernels through a leading
+TRANSPOSE, which the Edge TPU compiler cannot map, and it maps only the segment before the first
+operator it cannot: an NCHW file would run entirely on the CPU (see nasflow.export.edgetpu_ops).
+
 Calibration inputs decide the activation ranges, so use real images for a deployed model; for
 latency only, the default (standard-normal inputs) is enough: int8 kernel speed does not depend
 on the ranges.
@@ -46,10 +51,13 @@ def convert_to_tflite_int8(
     path: str | os.PathLike,
     calibration: Sequence["torch.Tensor"] | None = None,
     per_channel: bool = True,
+    channel_last: bool = False,
 ) -> Path:
     """Quantize `model` to int8 (PT2E static, calibrated on `calibration`) and write a .tflite at `path`.
 
-    The caller's module is left as it was (mode and weights); the file appears atomically.
+    `input_shape` and `calibration` are NCHW, as the model takes them; `channel_last` makes the
+    file's input NHWC. The caller's module is left as it was (mode and weights); the file appears
+    atomically.
     Raises DeviceError when litert-torch is missing or quantization/conversion fails.
     """
     import torch
@@ -59,6 +67,11 @@ def convert_to_tflite_int8(
     batches = list(calibration) if calibration is not None else random_calibration(shape)
     if not batches:
         raise DeviceError("litert: int8 conversion needs at least one calibration input")
+    if channel_last:
+        # the wrapper takes NHWC and hands the model NCHW; the converter cancels the two permutes
+        model = litert_torch.to_channel_last_io(model, args=[0])
+        shape = nhwc(shape)
+        batches = [batch.permute(0, 2, 3, 1).contiguous() for batch in batches]
     sample = batches[0]
     with converting(model, shape, Path(path), "an int8 .tflite") as tmp, torch.no_grad():
         from litert_torch.quantize import pt2e_quantizer
@@ -76,6 +89,12 @@ def convert_to_tflite_int8(
         edge = litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(tmp))
     return Path(path)
+
+
+def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """An NCHW shape in channel-last order."""
+    n, c, *spatial = shape
+    return (n, *spatial, c)
 
 
 def tensor_types(interpreter: Any) -> dict[str, int]:

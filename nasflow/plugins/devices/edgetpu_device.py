@@ -188,7 +188,7 @@ class EdgeTPUDevice(DeviceBackend):
 
     def _int8_path(self, model: "torch.nn.Module", shape: tuple[int, ...]) -> Path:
         float_name = cache_path(model, shape, self.options.cache_dir)
-        return float_name.with_name(float_name.stem + "-int8.tflite")
+        return float_name.with_name(float_name.stem + "-int8-nhwc.tflite")
 
     def measure_model(self, model: "torch.nn.Module", input_shape: tuple[int, ...]) -> Measurement:
         from nasflow.export.tflite_int8 import convert_to_tflite_int8
@@ -196,7 +196,9 @@ class EdgeTPUDevice(DeviceBackend):
         shape = tuple(int(n) for n in input_shape)
         int8 = self._int8_path(model, shape)
         if not (int8.is_file() and int8.stat().st_size > 0):
-            convert_to_tflite_int8(model, shape, int8)
+            # channel-last input: an NCHW file starts with a TRANSPOSE the compiler cannot map,
+            # and it maps nothing after the first operator it cannot
+            convert_to_tflite_int8(model, shape, int8, channel_last=True)
         compiled = compile_for_edgetpu(int8, int8.parent / "compiled", self.options.compiler, self.options.compiler_timeout_s)
         if compiled.ops_on_tpu == 0:
             raise DeviceError(
