@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "oneshot_cost.py"
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+IMAGES = 64  # two steps of batch 32 (one per half for the bilevel strategies): the report's shape, quickly
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import oneshot_cost  # noqa: E402
@@ -39,7 +40,7 @@ def test_the_space_is_the_reference_setting():
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("oneshot") / "oneshot_cost.json"
-    args = ["--images", "128", "--threads", "1", "--out", str(out), "--cache-dir", str(out.parent / "cache")]
+    args = ["--images", str(IMAGES), "--batch-size", "32", "--threads", "1", "--out", str(out), "--cache-dir", str(out.parent / "cache")]
     result = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text()), out
@@ -58,7 +59,7 @@ def test_every_strategy_is_measured_against_the_standalone_network(report):
     assert data["strategies"]["proxyless"]["target"]["time_ratio"] == 1.5
     assert data["strategies"]["darts"]["target"]["time_ratio"] == data["nni"]["darts"]["time_ratio"]
     settings = data["settings"]
-    assert settings["train_images"] == 128 and settings["weight_images"] + settings["arch_images"] == 128
+    assert settings["train_images"] == IMAGES and settings["weight_images"] + settings["arch_images"] == IMAGES
     assert settings["real_data"] == CIFAR.is_file()
 
 
