@@ -67,12 +67,12 @@ def convert_to_tflite_int8(
     batches = list(calibration) if calibration is not None else random_calibration(shape)
     if not batches:
         raise DeviceError("litert: int8 conversion needs at least one calibration input")
+    # the wrapper takes NHWC and hands the model NCHW; the converter cancels the two permutes
+    traced = litert_torch.to_channel_last_io(model, args=[0]) if channel_last else model
     if channel_last:
-        # the wrapper takes NHWC and hands the model NCHW; the converter cancels the two permutes
-        model = litert_torch.to_channel_last_io(model, args=[0])
-        shape = nhwc(shape)
         batches = [batch.permute(0, 2, 3, 1).contiguous() for batch in batches]
     sample = batches[0]
+    # the caller's model, not the wrapper: its mode is what `converting` gives back
     with converting(model, shape, Path(path), "an int8 .tflite") as tmp, torch.no_grad():
         from litert_torch.quantize import pt2e_quantizer
         from litert_torch.quantize.quant_config import QuantConfig
@@ -81,7 +81,7 @@ def convert_to_tflite_int8(
         quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
             pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=False)
         )
-        graph = torch.export.export(model.eval(), (sample,)).module()
+        graph = torch.export.export(traced.eval(), (sample,)).module()
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
         for batch in batches:
             prepared(batch)
@@ -89,12 +89,6 @@ def convert_to_tflite_int8(
         edge = litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(tmp))
     return Path(path)
-
-
-def nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """An NCHW shape in channel-last order."""
-    n, c, *spatial = shape
-    return (n, *spatial, c)
 
 
 def tensor_types(interpreter: Any) -> dict[str, int]:
