@@ -207,27 +207,73 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .registry import open_readonly
+
+    run_ids = list(dict.fromkeys([args.run_id, *(args.compare or [])]))
+    if args.png and args.out is None:
+        raise NasflowError("--png writes the plots beside the page: give --out FILE.html as well")
+    if args.out is not None:
+        _check_writable(args.out)
+    registry = open_readonly(args.registry)
+    if args.out is not None:
+        return _write_report_page(registry, run_ids, args)
+    for run_id in run_ids:
+        _print_run_report(registry, run_id, args)
+    return 0
+
+
+def _print_run_report(registry, run_id: str, args: argparse.Namespace) -> None:
+    """The terminal report: the run's front (or every candidate) as a table."""
     from .console import arch_legend, front_table, print_table
     from .flows.pipeline import candidate_table
     from .objectives import pareto_front
-    from .registry import open_readonly
     from .spec import parse_spec
 
-    registry = open_readonly(args.registry)
-    run = registry.get_run(args.run_id)
+    run = registry.get_run(run_id)
     if run is None:
-        _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
-        known = ", ".join(r[0] for r in rows) or "none"
-        raise NasflowError(f"no run {args.run_id!r} in {args.registry}; runs: {known}")
-    spec = parse_spec(run["spec_yaml"], f"<spec of {args.run_id}>", check_plugins=False)
+        raise NasflowError(_unknown_run(registry, run_id, args.registry))
+    spec = parse_spec(run["spec_yaml"], f"<spec of {run_id}>", check_plugins=False)
     devices = [d.name for d in spec.devices]
-    table = candidate_table(registry, args.run_id, spec.objective_device, devices)
+    table = candidate_table(registry, run_id, spec.objective_device, devices)
     rows = table if args.all else pareto_front(table)
-    title = f"run {args.run_id} ({run['status']}): {'all candidates' if args.all else 'Pareto front'}"
+    title = f"run {run_id} ({run['status']}): {'all candidates' if args.all else 'Pareto front'}"
     console = _console()
     print_table(console, front_table(rows, devices, spec.objective_device, title))
     console.print(arch_legend(rows), soft_wrap=True, highlight=False)
+
+
+def _write_report_page(registry, run_ids: list[str], args: argparse.Namespace) -> int:
+    from .report import compare_page, load_run, run_page, write_report
+
+    runs = []
+    for run_id in run_ids:
+        if registry.get_run(run_id) is None:
+            raise NasflowError(_unknown_run(registry, run_id, args.registry))
+        runs.append(load_run(registry, run_id))
+    page = run_page(runs[0]) if len(runs) == 1 else compare_page(runs)
+    written = write_report(page, args.out, png=args.png)
+    print(f"wrote {written[0]} ({len(page.plots)} plots)")
+    for path in written[1:]:
+        print(f"wrote {path}")
     return 0
+
+
+def _unknown_run(registry, run_id: str, path) -> str:
+    _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
+    known = ", ".join(r[0] for r in rows) or "none"
+    return f"no run {run_id!r} in {path}; runs: {known}"
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an output path that cannot be written before any work is done."""
+
+    if out.is_dir():
+        raise NasflowError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise NasflowError(f"--out {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise NasflowError(f"--out {out}: the folder {folder} is not writable")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -264,7 +310,7 @@ def cmd_arch(args: argparse.Namespace) -> int:
         "blocks": rows,
     }
     if latency is not None:
-        result["latency"] = {k: v for k, v in latency.items() if k != "per_layer"}
+        result["latency"] = {k: v for k, v in latency.items() if k not in ("per_layer", "geometry", "missing")}
         for row, ms in zip(rows, latency["per_layer"]):
             row["lut_ms"] = ms
     if args.format == "json":
@@ -292,53 +338,11 @@ def cmd_arch(args: argparse.Namespace) -> int:
 
 def _lut_latency(arch, args: argparse.Namespace) -> dict:
     """LUT-sum latency of `arch` from the registry's newest LUT of the device that covers all its operators."""
-    from .arch.operators import arch_operators
+    from .lut_breakdown import lut_breakdown
     from .registry import open_readonly
 
-    _, rows = open_readonly(args.registry).query(
-        "SELECT fingerprint_hash, op_key, input_shape, median_ms, created_at FROM lut WHERE device = ?", [args.device]
-    )
-    if not rows:
-        raise NasflowError(f"the registry {args.registry} has no latency LUT for device {args.device!r}; "
-                           f"build one with `nasflow profile SPEC --device {args.device}`")
-    tables: dict[str, dict] = {}
-    for fp, key, shape, ms, created in rows:
-        table = tables.setdefault(fp, {"entries": {}, "created": created, "batches": set()})
-        table["entries"][(key, shape)] = ms
-        table["created"] = max(table["created"], created)
-        table["batches"].add(int(shape.split("x")[0]))
-    best_missing: list = []
-    for fp, table in sorted(tables.items(), key=lambda item: item[1]["created"], reverse=True):
-        for batch in sorted(table["batches"]):
-            ops = arch_operators(arch, args.channels, args.classes, args.size, batch)
-            missing = [op for op in ops if op.lut_key not in table["entries"]]
-            if not missing:
-                per_op = {op.lut_key: table["entries"][op.lut_key] for op in ops}
-                per_layer = _per_layer_ms(arch, ops, per_op)
-                return {"device": args.device, "fingerprint_hash": fp, "batch_size": batch, "operators": len(ops),
-                        "lut_sum_ms": sum(per_op[op.lut_key] for op in ops), "per_layer": per_layer}
-            if not best_missing or len(missing) < len(best_missing):
-                best_missing = missing
-    example = best_missing[0]
-    raise NasflowError(
-        f"no latency LUT of device {args.device!r} in {args.registry} covers this architecture at "
-        f"{args.channels}x{args.size}x{args.size}: {len(best_missing)} operator(s) missing, e.g. {example.key} "
-        f"at {example.shape} (a LUT holds the operators of the space it was profiled for)"
-    )
-
-
-def _per_layer_ms(arch, ops, per_op: dict) -> list:
-    """LUT milliseconds per layer row (stem, blocks, head); None for layers that execute nothing."""
-    by_position, index = [], 0
-    keys = [op.lut_key for op in ops]
-    layers = [True] + [block.lut_key(1) is not None for block in arch.blocks] + [True]
-    for executes in layers:
-        if executes:
-            by_position.append(per_op[keys[index]])
-            index += 1
-        else:
-            by_position.append(None)
-    return by_position
+    return lut_breakdown(open_readonly(args.registry), args.device, arch, args.channels, args.classes, args.size,
+                         registry_name=f"the registry {args.registry}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,10 +391,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", default=_default_registry(), help="registry holding the LUT (with --device)")
     p.set_defaults(func=cmd_arch)
 
-    p = sub.add_parser("report", help="show a run's candidates and Pareto front from the registry")
+    p = sub.add_parser("report", help="show a run's candidates and Pareto front; with --out, an HTML page of its results")
     p.add_argument("run_id")
     p.add_argument("--registry", default=_default_registry())
-    p.add_argument("--all", action="store_true", help="every candidate, not only the Pareto front")
+    p.add_argument("--all", action="store_true", help="every candidate, not only the Pareto front (terminal table)")
+    p.add_argument("--out", type=Path, metavar="FILE.html",
+                   help="write a self-contained HTML page (fronts, search progress, chosen model, morph, artifacts)")
+    p.add_argument("--compare", nargs="+", metavar="RUN", help="overlay these runs' fronts with RUN's")
+    p.add_argument("--png", action="store_true", help="with --out: also write each plot as FILE-<plot>.png")
     p.set_defaults(func=cmd_report)
     return parser
 

@@ -56,10 +56,10 @@ def latency_tables(registry, supernet, devices: dict[str, DeviceBackend], latenc
     stored, else none. SpecError, before any training, when the strategy's loss uses a device
     that has neither."""
     from ..lut import device_batch_size, device_fingerprint_hash, stored_lut
-    from ..predictors import LutSumPredictor
+    from ..predictors import LutMissError, LutSumPredictor
     from ..supernet_latency import latency_table
 
-    tables = {}
+    tables, partial = {}, {}
     for name, device in devices.items():
         batch = device_batch_size(device)
         if latency_models and name in latency_models:
@@ -69,7 +69,15 @@ def latency_tables(registry, supernet, devices: dict[str, DeviceBackend], latenc
             if not stored:
                 continue
             predictor, source = LutSumPredictor(stored, data.in_channels, data.num_classes, data.image_size, batch), "lut"
-        tables[name] = latency_table(name, source, predictor, supernet, data.in_channels, data.image_size, batch)
+        try:
+            tables[name] = latency_table(name, source, predictor, supernet, data.in_channels, data.image_size, batch)
+        except LutMissError as miss:  # a LUT profiled for another space or dataset shares the fingerprint
+            partial[name] = str(miss)
+    if needed is not None and needed in partial:
+        raise SpecError(
+            f"the latency term of the search uses {needed}, whose stored LUT lacks this space's operators "
+            f"({partial[needed]}); set profile.enabled and profile.lut: true so that the profile stage adds them"
+        )
     if needed is not None and needed not in tables:
         raise SpecError(
             f"the latency term of the search uses {needed}, which has no latency LUT with its current fingerprint; "
