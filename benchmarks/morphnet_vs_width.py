@@ -358,6 +358,12 @@ def _models(args: argparse.Namespace, state: State) -> list[dict[str, Any]]:
     return rows
 
 
+def _half_spread(model: dict[str, Any]) -> float:
+    """Half the difference between a model's best and worst seed (0 with one seed)."""
+    per_seed = list(model["test_accuracy_per_seed"].values())
+    return (max(per_seed) - min(per_seed)) / 2
+
+
 def width_macs_at(family: list[dict[str, Any]], accuracy: float) -> float | None:
     """The width family's MACs at `accuracy`: log-linear between the members bracketing it (None outside)."""
     points = sorted((m["test_accuracy"], m["macs"]) for m in family)
@@ -387,10 +393,15 @@ def build_report(args: argparse.Namespace, state: State) -> dict[str, Any]:
         macs = width_macs_at(family, m["test_accuracy"])
         m["width_macs_at_equal_accuracy"] = macs
         m["flops_reduction_at_equal_accuracy"] = None if macs is None else 1 - m["macs"] / macs
+        # seed noise: the same reduction with the accuracy moved down / up by half its seeds' difference
+        half = _half_spread(m)
+        ends = [width_macs_at(family, m["test_accuracy"] + shift) for shift in (-half, half)]
+        m["flops_reduction_range"] = [None if end is None else 1 - m["macs"] / end for end in ends]
         lat = width_latency_at(family, m["test_accuracy"]) if m["latency_ms"] else None
         m["latency_reduction_at_equal_accuracy"] = None if lat is None else 1 - m["latency_ms"] / lat
     morph = [m["flops_reduction_at_equal_accuracy"] for m in models
              if m["method"] == "morphnet" and m["flops_reduction_at_equal_accuracy"] is not None]
+    spreads = [2 * _half_spread(m) for m in models if len(m["test_accuracy_per_seed"]) > 1]
     latency_runtime = next((u["runtime"] for k, u in state.units.items() if k.startswith("latency:")), None)
     return {
         "benchmark": NAME,
@@ -401,6 +412,7 @@ def build_report(args: argparse.Namespace, state: State) -> dict[str, Any]:
                      "latency": f"{LATENCY_DEVICE}, measured, fastest of 3 passes ({latency_runtime})"},
         "models": models,
         "flops_reduction_at_equal_accuracy": _mean(morph) if morph else None,
+        "seed_difference_points": 100 * _mean(spreads) if spreads else None,
         "target": {"flops_reduction_at_equal_accuracy": TARGET_REDUCTION},
         "met": bool(morph) and _mean(morph) >= TARGET_REDUCTION,
         "anchor": ANCHOR,
@@ -433,7 +445,7 @@ def markdown(report: dict[str, Any]) -> str:
         rows.append([
             m["method"], setting, tables.number(m["macs"] / 1e6, 2), tables.number(m["params"] / 1e3, 0),
             tables.percent(m["test_accuracy"]), "" if m["latency_ms"] is None else tables.number(m["latency_ms"], 2),
-            "" if reduction is None else tables.signed_percent(reduction),
+            "" if reduction is None else tables.signed_percent(reduction) + _range_text(m.get("flops_reduction_range")),
             "" if lat_reduction is None else tables.signed_percent(lat_reduction),
         ])
     checks = [f"{m['method']} at budget {m['budget']}: estimated {m['latency_estimated_ms']:.3g} ms by the latency "
@@ -444,6 +456,11 @@ def markdown(report: dict[str, Any]) -> str:
                f"MorphNet's mean FLOP reduction at equal test accuracy: {tables.percent(overall)} "
                f"(target at least {tables.percent(report['target']['flops_reduction_at_equal_accuracy'], 0)}: "
                f"{'met' if report['met'] else '**missed**'}); {report['anchor']}")
+    spread = report.get("seed_difference_points")
+    if spread is not None:
+        verdict += (f". Seed noise: a model's two seeds differ by {spread:.1f} points on average; the range after a "
+                    "saving is the same saving with the model's accuracy moved by half its seeds' difference "
+                    "(open where that leaves the width family's range), so a saving is only as firm as that range")
     header = ["method", "setting", "MMACs", "k params", "test acc (mean)", f"{LATENCY_DEVICE} ms (measured)",
               "MACs saved at equal acc", "latency saved at equal acc"]
     return tables.blocks(
@@ -459,6 +476,13 @@ def markdown(report: dict[str, Any]) -> str:
             *(["Latency model check: " + "; ".join(checks) + "."] if checks else []),
         ),
     )
+
+
+def _range_text(ends: list | None) -> str:
+    if not ends:
+        return ""
+    low, high = ("?" if e is None else tables.signed_percent(e) for e in ends)
+    return f" ({low} to {high})"
 
 
 def main(argv: list[str] | None = None) -> int:
