@@ -64,7 +64,9 @@ class EdgeTPUExporter(TFLiteInt8Exporter):
         if self.compiler:
             return None
         return (f"edgetpu: {self.options.compiler!r} is not installed, so the artifact is the int8 model with an "
-                "operator-mapping report (manifest `edgetpu`), not compiled for the Edge TPU")
+                "operator-mapping report (manifest `edgetpu`), not compiled for the Edge TPU; to compile, install "
+                "Coral's `edgetpu-compiler` package (Debian/Ubuntu on x86-64, from packages.cloud.google.com/apt) "
+                "or set deploy.options.edgetpu.compiler to its path")
 
     def export(self, model: "torch.nn.Module", example, path: Path, calibration=None) -> Path:
         if not self.compiler:
