@@ -229,9 +229,11 @@ def _print_run_report(registry, run_id: str, args: argparse.Namespace) -> None:
     from .objectives import pareto_front
     from .spec import parse_spec
 
+    from .report.data import unknown_run
+
     run = registry.get_run(run_id)
     if run is None:
-        raise NasflowError(_unknown_run(registry, run_id, args.registry))
+        raise unknown_run(registry, run_id, str(args.registry))
     spec = parse_spec(run["spec_yaml"], f"<spec of {run_id}>", check_plugins=False)
     devices = [d.name for d in spec.devices]
     table = candidate_table(registry, run_id, spec.objective_device, devices)
@@ -245,11 +247,7 @@ def _print_run_report(registry, run_id: str, args: argparse.Namespace) -> None:
 def _write_report_page(registry, run_ids: list[str], args: argparse.Namespace) -> int:
     from .report import compare_page, load_run, run_page, write_report
 
-    runs = []
-    for run_id in run_ids:
-        if registry.get_run(run_id) is None:
-            raise NasflowError(_unknown_run(registry, run_id, args.registry))
-        runs.append(load_run(registry, run_id))
+    runs = [load_run(registry, run_id, str(args.registry)) for run_id in run_ids]
     page = run_page(runs[0]) if len(runs) == 1 else compare_page(runs)
     written = write_report(page, args.out, png=args.png)
     print(f"wrote {written[0]} ({len(page.plots)} plots)")
@@ -258,15 +256,8 @@ def _write_report_page(registry, run_ids: list[str], args: argparse.Namespace) -
     return 0
 
 
-def _unknown_run(registry, run_id: str, path) -> str:
-    _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
-    known = ", ".join(r[0] for r in rows) or "none"
-    return f"no run {run_id!r} in {path}; runs: {known}"
-
-
 def _check_writable(out: Path) -> None:
     """Refuse an output path that cannot be written before any work is done."""
-
     if out.is_dir():
         raise NasflowError(f"--out {out} is a folder; give a file name such as {out / 'report.html'}")
     folder = out.parent if str(out.parent) else Path(".")

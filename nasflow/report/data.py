@@ -71,37 +71,44 @@ class RunData:
         return points
 
 
-def load_run(registry, run_id: str) -> RunData:
+def unknown_run(registry, run_id: str, where: str = "the registry") -> NasflowError:
+    """The error for a run id the registry does not hold, listing the runs it does."""
+    _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
+    known = ", ".join(r[0] for r in rows) or "none"
+    return NasflowError(f"no run {run_id!r} in {where}; runs: {known}")
+
+
+def load_run(registry, run_id: str, where: str = "the registry") -> RunData:
     """Everything the report draws for `run_id`; NasflowError (listing the runs) when it is unknown."""
     from ..flows.pipeline import candidate_table
     from ..spec import parse_spec
 
     run = registry.get_run(run_id)
     if run is None:
-        _, rows = registry.query("SELECT run_id FROM runs ORDER BY started_at")
-        known = ", ".join(r[0] for r in rows) or "none"
-        raise NasflowError(f"no run {run_id!r} in the registry; runs: {known}")
+        raise unknown_run(registry, run_id, where)
     spec = parse_spec(run["spec_yaml"], f"<spec of {run_id}>", check_plugins=False)
     devices = [d.name for d in spec.devices]
     candidates = candidate_table(registry, run_id, spec.objective_device, devices)
-    chosen, why = chosen_candidate(registry, run_id, candidates)
+    artifacts = artifacts_with_latency(registry, run_id)
+    chosen, why = chosen_candidate(artifacts, candidates)
     data = RunData(
         run_id=run_id, run=run, spec=spec, devices=devices, objective_device=spec.objective_device,
         candidates=candidates, search_rows=registry.get_candidates(run_id, stage="search"),
         search_log=_dicts(registry, "SELECT step, metric, value FROM search_log WHERE run_id = ? ORDER BY step, metric",
                           [run_id]),
-        chosen=chosen, chosen_why=why, artifacts=artifacts_with_latency(registry, run_id),
+        chosen=chosen, chosen_why=why, artifacts=artifacts,
     )
     if chosen is not None:
         _add_layer_costs(registry, data)
     return data
 
 
-def chosen_candidate(registry, run_id: str, candidates: list[dict]) -> tuple[dict | None, str]:
-    """The model the run hands over: the one its newest verified artifact was exported from, else
-    the best-scored candidate of the last stage that produced any (morph, then train, then search)."""
+def chosen_candidate(artifacts: list[dict], candidates: list[dict]) -> tuple[dict | None, str]:
+    """The model the run hands over: the one its newest verified artifact (of `artifacts`, in
+    recorded order) was exported from, else the best-scored candidate of the last stage that
+    produced any (morph, then train, then search)."""
     by_id = {c["candidate_id"]: c for c in candidates}
-    for artifact in reversed(registry.get_artifacts(run_id)):
+    for artifact in reversed(artifacts):
         if artifact["verified"] and artifact["candidate_id"] in by_id:
             return by_id[artifact["candidate_id"]], f"deployed as {artifact['format']}"
     for stage in FINAL_STAGES:
