@@ -184,6 +184,14 @@ def test_tflite_formats_export_verify_and_are_timed_on_litert(run):
     [row] = int8_rows
     assert (row["device"], row["artifact_format"]) == ("litert", "tflite-int8") and row["median_ms"] > 0
     assert row["extra"]["input_dtype"] == "int8"  # full-integer: the input tensor too
+    ctx = RunContext(first.run_id, ctx.spec.model_copy(update={"deploy": ctx.spec.deploy.model_copy(
+        update={"options": {"tflite-int8": {"calibration_images": 64, "float_io": True}}})}))
+    floating, floating_rows = _deploy(ctx, candidate, "tflite-int8", devices)
+    assert floating["verified"], floating["failure"]
+    assert floating["path"] != int8["path"] and floating["options"]["float_io"] is True
+    # the same integer kernels behind a float32 interface: the same predictions
+    assert floating["accuracy"] == pytest.approx(int8["accuracy"], abs=2 / 360)
+    assert floating_rows[0]["extra"]["input_dtype"] == "float32"
 
 
 @needs_litert

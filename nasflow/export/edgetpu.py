@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +32,9 @@ CPU_SUFFIX = "cpu.int8.tflite"
 
 class EdgeTPUExportOptions(TFLiteInt8Options):
     channel_last: bool = Field(True, description="NHWC input; NCHW would leave every operator on the CPU")
+    float_io: Literal[False] = Field(
+        False, description="always false: the compiler is given int8 input and output, the tensors it maps"
+    )
     compiler: str = Field("edgetpu_compiler", description="the compiler executable (a name on PATH or a path)")
     compiler_timeout_s: float = Field(180.0, gt=0, description="seconds one compilation may take")
 

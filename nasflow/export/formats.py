@@ -137,13 +137,18 @@ class TFLiteInt8Options(Int8Options):
     channel_last: bool = Field(
         False, description="NHWC input (images transposed from NCHW by the caller); the Edge TPU needs it"
     )
+    float_io: bool = Field(
+        False,
+        description="float32 input and output (a QUANTIZE op in front, DEQUANTIZE behind); false: int8 tensors, "
+        "quantized with their own scale and zero point",
+    )
 
 
 class TFLiteInt8Exporter(TFLiteExporter):
     """LiteRT full-integer int8 (PT2E static quantization), calibrated on training images.
 
     Input and output tensors are int8 as well (their scale and zero point are in the tensors'
-    `quantization` details); litert-torch 0.10 offers no float32 input/output for this path.
+    `quantization` details), unless `float_io` adds float32 ones around them.
     """
 
     name = "tflite-int8"
@@ -165,7 +170,8 @@ class TFLiteInt8Exporter(TFLiteExporter):
             raise ExportError(f"{self.name} needs at least one calibration image")
         batches = [torch.from_numpy(np.ascontiguousarray(image[None], dtype=np.float32)) for image in calibration]
         return convert_to_tflite_int8(
-            model, _shape(example), path, batches, per_channel=self.options.per_channel, channel_last=self.channel_last
+            model, _shape(example), path, batches, per_channel=self.options.per_channel,
+            channel_last=self.channel_last, float_io=self.options.float_io,
         )
 
     def runner(self, path: Path) -> Callable[[np.ndarray], np.ndarray]:

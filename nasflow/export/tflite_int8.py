@@ -7,7 +7,8 @@ are folded by the converter into int8 kernels (``qdq_conversion_mode = STATIC``)
 symmetric int8, per output channel by default; activations int8 with ranges from calibration.
 The converted model is integer end to end: its input and output tensors are int8 too, with the
 scale and zero point in their `quantization` details (quantize inputs with them, dequantize
-outputs), which is what the Edge TPU compiler wants.
+outputs), which is what the Edge TPU compiler wants. `float_io=True` puts a QUANTIZE op in front
+and a DEQUANTIZE op behind instead (nasflow.export.tflite_io), so callers pass and get float32.
 
 `channel_last=True` gives the file an NHWC input (PyTorch still sees NCHW, through a permute
 the converter folds away). The default NCHW input reaches LiteRT's NHWC kernels through a leading
@@ -52,11 +53,12 @@ def convert_to_tflite_int8(
     calibration: Sequence["torch.Tensor"] | None = None,
     per_channel: bool = True,
     channel_last: bool = False,
+    float_io: bool = False,
 ) -> Path:
     """Quantize `model` to int8 (PT2E static, calibrated on `calibration`) and write a .tflite at `path`.
 
     `input_shape` and `calibration` are NCHW, as the model takes them; `channel_last` makes the
-    file's input NHWC. The caller's module is left as it was (mode and weights); the file appears
+    file's input NHWC; `float_io` makes its input and output float32. The caller's module is left as it was (mode and weights); the file appears
     atomically.
     Raises DeviceError when litert-torch is missing or quantization/conversion fails.
     """
@@ -86,8 +88,15 @@ def convert_to_tflite_int8(
         for batch in batches:
             prepared(batch)
         quantized = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        # exported from the eval-mode model, so its graph has inference BatchNorm already; only the
+        # GraphModule's default `training` flag says otherwise, and litert-torch warns on that flag
+        quantized.training = False
         edge = litert_torch.convert(quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
         edge.export(str(tmp))
+        if float_io:
+            from nasflow.export.tflite_io import with_float_io
+
+            with_float_io(tmp, tmp)
     return Path(path)
 
 
